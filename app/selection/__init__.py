@@ -24,6 +24,7 @@ from app.selection.validation import SelectionInputError, validate_input
 from app.selection.uncertainty import entropy, least_confidence, margin  # noqa: E402
 from app.selection.generation import distinct_ratio, logprob_stats, semantic_dispersion, token_entropy
 from app.selection.diversity import select_kcenter, select_kmeans, select_mmr  # noqa: F401
+from app.selection.diverse_batch import select_diverse_batch  # noqa: F401
 from app.selection.facility import knn_graph  # noqa: F401
 from app.selection.hard import select_disagreement, select_loss  # noqa: F401
 from app.selection.value import grad_similarity, knn_shapley, tmc_shapley

@@ -51,7 +51,7 @@ def _uncertainty(inp: SelectionInput, key: str | None) -> np.ndarray | None:
 def select_combined(
     inp: SelectionInput, budget: int, rng: np.random.Generator, alpha: float | None = None,
     beta: float | None = None, gamma: float | None = None, round_idx: int = 0, total_rounds: int = 1,
-    min_labelled: int = 0, uncertainty_key: str | None = None,
+    min_labelled: int = 0, uncertainty_key: str | None = None, prefilter: float | None = 5.0,
 ) -> SelectionResult:
     """score_i = alpha U_i + beta D_i + gamma H_i, each component min-max normalised to [0, 1] over the
     candidates (rows not excluded), then greedy: pick the argmax, update D, repeat.
@@ -64,6 +64,10 @@ def select_combined(
     H: losses.
     Weights: alpha/beta/gamma if all three are given, else ``schedule(round_idx, total_rounds)``. Missing
     components get weight 0 and the rest are renormalised to sum to 1.
+    Pre-filter (``prefilter`` = m, default 5; None: off): only the top ceil(m * budget) candidates by alpha U + gamma H may be picked
+    (U, H and D are normalised over those), as in Zhdanov, "Diverse mini-batch Active Learning" (2019): the
+    diversity term then spreads the batch over the uncertain region instead of trading certainty for
+    far-away but easy rows. Already-labelled rows still count as covered for D.
     Cold start: with neither U nor H, or fewer than ``min_labelled`` labelled rows (len(exclude) +
     len(labelled_embeddings)), fall back to ``random``: the model's scores are not worth trusting yet.
 
@@ -91,6 +95,13 @@ def select_combined(
         return res
 
     mask = candidate_mask(inp)
+    if prefilter is not None:
+        m = param_float("combined prefilter", prefilter, 1.0)
+        part = (weights[0] * minmax(u, mask) if u is not None else 0.0) + (
+            weights[2] * minmax(h, mask) if h is not None else 0.0)
+        keep = top_order(np.broadcast_to(part, (inp.n,)).astype(float), mask, int(np.ceil(m * budget)))
+        mask = np.zeros(inp.n, dtype=bool)
+        mask[keep] = True
     w = np.array([wt if comp is not None else 0.0 for wt, comp in zip(weights, (u, inp.embeddings, h))])
     if w.sum() <= 0:
         raise SelectionInputError(f"combined weights {weights} are zero for every available component")

@@ -14,7 +14,8 @@ from app.selection.uncertainty import entropy
 from app.selection.validation import SelectionInputError, param_float
 
 
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int, max_points_per_centroid: int):
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int, max_points_per_centroid: int,
+            weights: np.ndarray | None = None):
     import faiss
 
     # max_points_per_centroid caps the training sample (faiss subsamples with the seed), so large pools stay
@@ -23,7 +24,8 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int, max_poi
         x.shape[1], k, niter=niter, seed=int(rng.integers(2**31 - 1)), verbose=False,
         max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
     )
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    km.train(np.ascontiguousarray(x, dtype=np.float32),
+             weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float32))
     return km
 
 

@@ -89,3 +89,36 @@ def test_disagreement_first_then_entropy():
     assert res.selected == [2, 3, 1, 4, 0]
     np.testing.assert_allclose(res.scores["disagree"], [0, 0, 1, 1, 0])
     assert res.reasons[0].startswith("champion=1 vs challenger=0")
+
+
+def test_prefilter_keeps_the_batch_inside_the_uncertain_region():
+    # rows 1 and 2 sit on top of each other next to row 0; row 3 is far away and fairly confident.
+    x = np.array([[0.0], [0.1], [0.1], [10.0]])
+    p = np.array([[0.5, 0.5], [0.51, 0.49], [0.52, 0.48], [0.7, 0.3]])
+    inp = SelectionInput(n=4, probs=p, embeddings=x)
+    # entropies 0.69315, 0.69295, 0.69235, 0.61086 -> U min-max [1, 0.99757, 0.99027, 0]
+    # pick 1 (nothing covered, D = 0 for all): row 0. pick 2: D = dist to row 0 = [0.1, 0.1, 10] -> [0, 0, 1]
+    #   totals 0.5 U + 0.5 D: row1 0.49878, row2 0.49514, row3 0.5 -> the far, easy row 3 wins
+    assert select("combined", inp, 2, alpha=0.5, beta=0.5, gamma=0.0, prefilter=None).selected == [0, 3]
+    # the default pre-filter (5 x budget = 10 >= 4 rows) changes nothing on a pool this small
+    assert select("combined", inp, 2, alpha=0.5, beta=0.5, gamma=0.0).selected == [0, 3]
+    # prefilter=1: only the top 1 x 2 rows by alpha U (rows 0, 1) are candidates
+    res = select("combined", inp, 2, alpha=0.5, beta=0.5, gamma=0.0, prefilter=1)
+    assert res.selected == [0, 1]
+    with pytest.raises(SelectionInputError, match="prefilter"):
+        select("combined", inp, 2, prefilter=0.5)
+
+
+def test_diverse_batch_clusters_the_uncertain_rows():
+    # cluster A near 0 (rows 0-2), cluster B near 10 (rows 3-4), a confident row 5 in between
+    x = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [5.0]])
+    p = np.array([[0.5, 0.5], [0.52, 0.48], [0.55, 0.45], [0.53, 0.47], [0.56, 0.44], [0.99, 0.01]])
+    res = select("diverse_batch", SelectionInput(n=6, probs=p, embeddings=x), 2, prefilter=2)
+    # keep the top 2 x 2 = 4 by entropy: rows 0, 1, 3, 2 (0.5 > 0.52 > 0.53 > 0.55 away from 0.5)
+    # k-means k=2 on x = {0, 0.1, 0.2 | 10}: clusters {0, 1, 2} (weighted centroid ~0.1) and {3}
+    # cluster A holds the most uncertain row (0), so it goes first; its row nearest the centroid is row 1
+    assert res.selected == [1, 3]
+    assert res.scores["cluster"][4] == res.scores["cluster"][5] == -1  # outside the pre-filter
+    assert "entropy=" in res.reasons[0]
+    # entropy alone would spend the whole batch on cluster A
+    assert select("entropy", SelectionInput(n=6, probs=p), 2).selected == [0, 1]

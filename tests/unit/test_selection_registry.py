@@ -25,7 +25,7 @@ def full_input() -> SelectionInput:
 
 
 def test_every_strategy_keeps_the_invariants(full_input):
-    assert len(available(full_input)) == len(available()) == 14
+    assert len(available(full_input)) == len(available()) == 15
     excluded = set(full_input.exclude.tolist())
     for name in available():
         res = select(name, full_input, budget=7, seed=3)
