@@ -10,7 +10,10 @@ COMMANDS = {
     "select": ("jobs.select", "bring-your-own-scores selection (probabilities, embeddings, losses)"),
     "label": ("jobs.label", "agreement metrics, Label Studio import/export"),
     "merge": ("jobs.merge", "merge models from a mergekit-style YAML"),
-    "tune": ("jobs.tune", "search-space sampling and scheduler budget plans"),
+    "tune": ("jobs.tune", "studies on Ray Tune, search-space sampling and scheduler budget plans"),
+    "serve": ("jobs.serve", "Ray Serve ensembles: up (deploy / update / --redeploy), status, online, down"),
+    "flywheel": ("jobs.flywheel", "the long-lived controller: start, status, trigger, stop"),
+    "lineage": ("jobs.lineage", "a model's chain back to its data, or the models built on a data version"),
 }
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from app.pool.columns import table_from_columns
+from app.pool.columns import SERVE_KEYS, serve_fields, table_from_columns
 from app.pool.config import PoolConfig, SourceSpec
 from app.pool.dedup import (
     exact_duplicates,
@@ -72,6 +72,9 @@ def _read(cfg: PoolConfig, inputs: list[tuple[SourceSpec, Iterable[Record]]]):
                 canon, reason = map_fields(cfg.task, spec, rec.data)
                 if reason is None:
                     clean, reason = validate_row(cfg.task, canon, cfg)
+                if reason is None:  # live traffic carries what the endpoint answered
+                    served, reason = serve_fields(rec.data)
+                    clean.update(served)
             if reason is not None:
                 quarantine.append({"source": spec.name, "row": rec.row, "reason": reason, "raw": rec.raw})
                 continue
@@ -153,7 +156,7 @@ def build_new_rows(
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lf = LABEL_FIELD[task]
     head = ("item_id", "split", "source", "source_row", "added_in", *content)
-    tail = ("gold", "label", "label_source", "label_confidence", "annotator", "labelled_at")
+    tail = ("gold", "label", "label_source", "label_confidence", "annotator", "labelled_at", *SERVE_KEYS)
     cols: dict[str, list] = {c: [] for c in head + tail}
     for i in kept:
         c = cands[i]
@@ -172,6 +175,8 @@ def build_new_rows(
         cols["label_confidence"].append(1.0 if usable else None)
         cols["annotator"].append(f"dataset:{c['_source']}" if usable else None)
         cols["labelled_at"].append(now if usable else None)
+        for k in SERVE_KEYS:
+            cols[k].append(c.get(k))
     return IngestResult(
         new=table_from_columns(task, cols),
         rows_read=rows_read,

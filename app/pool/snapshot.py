@@ -231,4 +231,6 @@ def read_snapshot(root: str | Path, version: int, verify: bool = True) -> pa.Tab
             raise SnapshotCorruptError(
                 f"{path} is corrupt: its sha256 is {actual} but {MANIFEST} records {manifest['content_hash']}"
             )
-    return pq.read_table(path)
+    from app.pool.columns import conform
+
+    return conform(pq.read_table(path), manifest["task"])  # older snapshots lack the optional serving columns

@@ -34,6 +34,9 @@ class CanaryPlan(BaseModel):
         0.9, ge=0, le=1, description="least top-1 agreement with the champion on shadowed requests")
     min_accuracy: float | None = Field(
         None, ge=0, le=1, description="least accuracy on feedback labels; None skips the check")
+    max_accuracy_drop: float | None = Field(
+        0.05, ge=0, le=1, description="largest champion minus challenger feedback accuracy; checked only where "
+        "both have min_samples feedback labels in the window; None skips the check")
     min_samples: int = Field(
         30, ge=1, description="least champion latencies / comparisons / labels before those checks count")
 
@@ -104,7 +107,8 @@ def evaluate_window(plan: CanaryPlan, champion_stats: dict[str, Any] | WindowSta
     """Judge a challenger window against the champion.
 
     Checks (each on a full window only): error_rate <= max_error_rate; p99_ch / p99_champ <= p99_ratio_max;
-    agreement >= min_agreement; accuracy >= min_accuracy (when set). A check without enough data
+    agreement >= min_agreement; accuracy >= min_accuracy (when set); champion accuracy - challenger accuracy
+    <= max_accuracy_drop (feedback labels, only when both have min_samples of them). A check without enough data
     (fewer than `min_samples` champion latencies, comparisons or labels) makes the result insufficient
     (hold) unless another check failed outright (rollback).
 
@@ -142,6 +146,14 @@ def evaluate_window(plan: CanaryPlan, champion_stats: dict[str, Any] | WindowSta
             missing.append(f"challenger has {chall['labelled']} feedback labels; min_samples is {plan.min_samples}")
         elif chall["accuracy"] < plan.min_accuracy:
             failed.append(f"accuracy {chall['accuracy']:.4f} < min_accuracy {plan.min_accuracy}")
+    if plan.max_accuracy_drop is not None and min(chall["labelled"], champ["labelled"]) >= plan.min_samples:
+        # Feedback labels arrive late and only for some requests, so this check only runs where they exist
+        # (it never holds a window waiting for them); `min_accuracy` is the check that demands labels.
+        drop = champ["accuracy"] - chall["accuracy"]
+        metrics["champion_accuracy"], metrics["accuracy_drop"] = champ["accuracy"], drop
+        if drop > plan.max_accuracy_drop:
+            failed.append(f"feedback accuracy {chall['accuracy']:.4f} is {drop:.4f} below the champion's "
+                          f"{champ['accuracy']:.4f} > max_accuracy_drop {plan.max_accuracy_drop}")
     if failed:
         return GateResult(False, failed, metrics)
     return GateResult(not missing, missing, metrics, insufficient=bool(missing))

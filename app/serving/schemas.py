@@ -113,6 +113,42 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(..., description="one entry per input text")
 
 
+class FeedbackRequest(BaseModel):
+    """Body of POST /feedback: the true label of an answered item, found by `request_id` (+ `index`) or `text`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str | None = Field(None, min_length=1, max_length=200,
+                                   description="x-request-id of the /predict response; give this or `text`")
+    index: int | None = Field(None, ge=0, description="item of a batch request (default 0); only with request_id")
+    text: str | None = Field(None, min_length=1, description="the answered text itself (its latest answer counts)")
+    label: str = Field(..., min_length=1, description="the true label, one of the endpoint's labels")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "FeedbackRequest":
+        if (self.request_id is None) == (self.text is None):
+            got = "both" if self.text is not None else "neither"
+            raise PydanticCustomError("request_id_or_text", "give exactly one of 'request_id' or 'text'; got {got}",
+                                      {"got": got})
+        if self.index is not None and self.request_id is None:
+            raise PydanticCustomError("index_without_request_id", "'index' goes with 'request_id', not with 'text'")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    """Body of a successful POST /feedback: what the label was matched to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(..., description="request the label was matched to")
+    index: int = Field(..., description="item of that request")
+    model_version: str = Field(..., description="version that answered it")
+    variant: str = Field(..., description="champion, challenger, or retired (a version no longer routed)")
+    predicted: str = Field(..., description="the label the endpoint answered")
+    label: str = Field(..., description="the true label received")
+    correct: bool = Field(..., description="predicted == label")
+
+
 def http_error(exc: ValidationError) -> tuple[int, dict[str, Any]]:
     """Map a request ValidationError to (status, JSON body): 413 for size limits, else 422 (module docstring).
 

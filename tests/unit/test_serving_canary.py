@@ -67,7 +67,9 @@ def test_each_failing_check_is_named():
     disagree = evaluate_window(PLAN, window(), window(agree=0.8))  # 40 / 50 = 0.8 < 0.9
     assert disagree.reasons == ["agreement 0.8000 < min_agreement 0.9"]
     wrong = evaluate_window(PLAN, window(), window(accuracy=0.7))  # 35 / 50 = 0.7 < 0.8
-    assert wrong.reasons == ["accuracy 0.7000 < min_accuracy 0.8"]
+    # and 0.9 (champion 45 / 50) - 0.7 = 0.2 > the default max_accuracy_drop 0.05
+    assert wrong.reasons == ["accuracy 0.7000 < min_accuracy 0.8", "feedback accuracy 0.7000 is 0.2000 below "
+                             "the champion's 0.9000 > max_accuracy_drop 0.05"]
     both = evaluate_window(PLAN, window(), window(errors=3, agree=0.8))
     assert [r.split()[0] for r in both.reasons] == ["error_rate", "agreement"]
     assert all(next_action(PLAN, 1, r) == "rollback" for r in (slow, disagree, wrong, both))
