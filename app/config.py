@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.controller.settings import ControllerConfig
 from app.pool.config import PoolConfig
 
 
@@ -91,6 +92,29 @@ class TrainerConfig(_Cfg):
     max_failures: int = Field(1, ge=0, description="Worker-group restarts Ray Train may do")
     seed: int = Field(0, description="Training seed")
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="Raw DeepSpeed JSON merged over the generated config")
+    engine: Literal["deepspeed", "torch"] = Field("deepspeed", description="deepspeed, or torch (plain AdamW in one process, e.g. inside a Tune trial)")
+    global_batch_size: int | None = Field(None, ge=1, description="Sequences per optimiser step over all workers (kept when the world size changes); None: micro × accum × workers")
+    min_workers: int | None = Field(None, ge=1, description="Elastic: ScalingConfig(num_workers=(min_workers, num_workers)); None: fixed size")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO β (strength of the implicit KL penalty)")
+    dpo_loss: Literal["sigmoid", "hinge", "ipo", "robust"] = Field("sigmoid", description="DPO loss variant")
+    dpo_label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed preference-flip rate ε (sigmoid, robust)")
+    dpo_reference: Literal["model", "precompute"] = Field("model", description="model: frozen reference copy in memory; precompute: reference log-probs once at start")
+    max_nan_steps: int = Field(5, ge=1, description="Consecutive non-finite losses skipped before the run aborts (last good checkpoint kept)")
+    best_metric: str = Field("ckpt_loss", description="Checkpoint metric that picks the never-deleted best checkpoint")
+    best_mode: Literal["min", "max"] = Field("min", description="Whether best_metric is minimised or maximised")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (bf16/fp16 where the device allows)")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimiser state in CPU memory")
+    offload_params: bool = Field(False, description="ZeRO-3: parameters offloaded to CPU memory")
+    export: bool = Field(True, description="Write the final model directory into the last checkpoint")
+    report_every: int = Field(10, ge=1, description="Report metrics (without a checkpoint) every this many steps")
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> "TrainerConfig":
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"trainer.min_workers={self.min_workers} exceeds trainer.num_workers={self.num_workers}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("trainer.offload_params needs trainer.zero_stage=3")
+        return self
 
 
 class GateConfig(_Cfg):
@@ -136,6 +160,7 @@ class LoopConfig(_Cfg):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve endpoint")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster")
+    controller: ControllerConfig = Field(default_factory=ControllerConfig, description="Long-lived controller (python -m jobs.flywheel): triggers, polling, restarts")
 
     @model_validator(mode="before")
     @classmethod

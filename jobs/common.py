@@ -42,6 +42,9 @@ def connect_ray(address: str | None, num_cpus: int | None, dashboard: bool, name
     """
     import ray
 
+    # DeepSpeed JIT-builds ops into ~/.cache/torch_extensions, shared by every venv on the machine: keep one
+    # build per venv (workers of a cluster this process starts inherit it)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     addr = address or os.environ.get("RAY_ADDRESS")
     if addr and addr != "local":
         ray.init(address=addr, namespace=namespace, log_to_driver=True)

@@ -1,9 +1,13 @@
 """Shared test settings: offline model loading, small thread pools, markers."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# DeepSpeed JIT-builds its ops into ~/.cache/torch_extensions; two checkouts with different builds replaced
+# each other's there and a test waited on the rebuild. One build directory per virtual environment.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))

@@ -164,3 +164,37 @@ def adjust_training(prev_settings: dict[str, Any], reason: str) -> tuple[dict[st
         how = {"mul": f"x{amount:g}", "add": f"{amount:+g}", "min": f"capped at {amount:g}"}[op]
         changes.append(f"{name} {old:g} -> {value:g} ({how})" if value != old else f"{name} {old:g} unchanged (at its limit)")
     return new, f"{reason}: {'; '.join(changes)}. Why: {why}"
+
+
+def training_feedback(
+    action: str, after: float, before: float, current: dict[str, Any]
+) -> tuple[dict[str, Any], str] | None:
+    """Trainer changes for the next iteration from this iteration's decision, or None to keep them.
+
+    ==============================================  ============================================
+    ``action == "adjust_training"`` (loss unstable)  ``adjust_training(current, "divergence")``
+    otherwise, not deployed and ``after < before``   ``adjust_training(current, "regression")``
+    otherwise                                        None
+    ==============================================  ============================================
+
+    Args:
+        action: The gate's decision (``app.eval.gate``): deploy, rollback, collect_more_data,
+            adjust_training, ...
+        after: Candidate's metric (higher is better).
+        before: Starting model's metric.
+        current: Trainer settings the iteration trained with.
+
+    Returns:
+        ``(changed settings only, explanation)`` or None.
+    """
+    for name, v in (("after", after), ("before", before)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if action == "adjust_training":
+        reason = "divergence"
+    elif action != "deploy" and after < before:
+        reason = "regression"
+    else:
+        return None
+    new, why = adjust_training(current, reason)
+    return {k: v for k, v in new.items() if current.get(k) != v}, why

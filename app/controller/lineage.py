@@ -224,3 +224,28 @@ def models_for_data_version(all_versions: list[dict[str, Any]], data_version: st
         return r["model"], int(v) if v.isdigit() else -1, v
 
     return sorted(hits, key=key)
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``(model, version, alias)`` from a reference as users type it.
+
+    Accepted: ``name/3``, ``name@champion``, ``models:/name/3``, ``models:/name@champion``, and a
+    bare ``name`` (meaning its ``champion``). Exactly one of version and alias is set.
+
+    Raises:
+        LineageError: Empty name, version or alias, or a version that is not a positive integer.
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise LineageError(f"model reference must be a non-empty string, got {ref!r}")
+    body = ref.strip()[len("models:/") :] if ref.strip().startswith("models:/") else ref.strip()
+    if "@" in body:
+        model, alias = body.rsplit("@", 1)
+        if not model or not alias:
+            raise LineageError(f"model reference {ref!r}: expected NAME@ALIAS")
+        return model, None, alias
+    if "/" in body:
+        model, version = body.rsplit("/", 1)
+        if not model or not version.isdigit() or int(version) < 1:
+            raise LineageError(f"model reference {ref!r}: expected NAME/VERSION with VERSION a positive integer")
+        return model, version, None
+    return body, None, "champion"

@@ -3,7 +3,7 @@
 Four conditions are measured every time the controller wakes up:
 
 =============  ==========================================================================
-``volume``     ``new_items >= min_new_items`` (labelled items since the last training run)
+``volume``     ``new_items >= min_new_items`` (items added to the pool since the last training run)
 ``time``       ``hours_since_train >= max_wait_hours``
 ``degraded``   ``online_metric < degradation_threshold`` (off when the threshold is None;
                False while no online metric is known)
@@ -58,7 +58,7 @@ class TriggerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_new_items: int = Field(500, ge=1, description="New labelled items that satisfy the volume condition")
+    min_new_items: int = Field(500, ge=1, description="Items added to the pool since the last training run that satisfy the volume condition")
     max_wait_hours: float = Field(24.0, ge=0, allow_inf_nan=False, description="Hours since the last training run that satisfy the time condition")
     degradation_threshold: float | None = Field(
         0.85, allow_inf_nan=False, description="Online metric strictly below this fires the degraded condition; None disables it"
@@ -105,7 +105,7 @@ def evaluate_triggers(
 
     Args:
         cfg: Thresholds and policy.
-        new_items: Labelled items added since the last training run (>= 0).
+        new_items: Items added to the pool since the last training run (>= 0).
         hours_since_train: Hours since the last training run (>= 0); ``math.inf`` when no
             model was ever trained, which satisfies the time condition.
         online_metric: Latest online quality metric (e.g. accuracy of served predictions

@@ -172,7 +172,8 @@ def test_routing_and_qc_counts(loop_run):
 def test_checkpoints_and_mlflow(loop_run):
     s, home = loop_run["summary"], loop_run["home"]
     for ck in s["checkpoints"]:
-        assert (Path(ck) / "deepspeed").is_dir() and (Path(ck) / "model" / "flywheel_model.json").exists()
+        # a verified checkpoint: sha256 manifest of its files, plus the exported model
+        assert (Path(ck) / "manifest.json").exists() and (Path(ck) / "model" / "flywheel_model.json").exists()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
@@ -183,3 +184,23 @@ def test_checkpoints_and_mlflow(loop_run):
     assert run.data.tags["flywheel.decision"] == "deploy"
     mv = client.get_model_version_by_alias("itest-model", "champion")
     assert mv.tags["flywheel.data_version"] == "3" and mv.tags["flywheel.run_id"] == s["mlflow_run_id"]
+
+
+def test_selection_reports_per_round(loop_run):
+    s, home = loop_run["summary"], loop_run["home"]
+    run_dir = home / "runs" / s["mlflow_run_id"]
+    r1 = json.loads((run_dir / "round1" / "selection" / "selection.json").read_text())
+    r2 = json.loads((run_dir / "round2" / "selection" / "selection.json").read_text())
+    assert len(r1["selected"]) == len(r2["selected"]) == BUDGET
+    # round 2 scores with the round-1 model: entropy per item, the picked ones the most uncertain
+    assert not (run_dir / "round1" / "selection" / "selection_map.png").exists()  # cold start: no embeddings
+    assert (run_dir / "round2" / "selection" / "selection_map.png").stat().st_size > 5000
+    import numpy as np
+
+    ent = np.load(run_dir / "round2" / "selection" / r2["scores_file"])["entropy"]
+    picked = np.array(r2["selected"])
+    rest = np.setdiff1d(np.arange(r2["n"]), picked)
+    assert ent[picked].min() >= ent[rest].max()  # entropy: the BUDGET most uncertain rows, nothing else
+    assert r2["items"][0]["scores"]["entropy"] == pytest.approx(float(ent.max()))
+    assert r2["items"][0]["reason"] and len(set(r2["ids"])) == BUDGET
+
