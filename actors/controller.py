@@ -96,6 +96,7 @@ class Controller:
         self._wake = threading.Event()
         self._io = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._online_missing_logged = False
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         # detached pool and labeler: they must survive this actor's restarts (owned actors die with their owner)
         self.ctx = StageContext(self.cfg, self.store, Progress(), own_cluster, detached=True,
@@ -216,11 +217,37 @@ class Controller:
             self._event("ingest_on_arrival", version=rep["version"], rows_added=rep["rows_added"])
         total = ray.get(self.ctx.pool.manifest.remote())["counts"]["total"]
         self._gauge("pool_size", total)
-        d = measure_triggers(self.ccfg.triggers, self.control.load(), total, time.time())
-        self.last_trigger = {"fire": d.fire, "reasons": d.reasons, "values": d.values, "at": time.time()}
+        metric, threshold, online = self._online_signal()
+        d = measure_triggers(self.ccfg.triggers, self.control.load(), total, time.time(), metric, threshold)
+        self.last_trigger = {"fire": d.fire, "reasons": d.reasons, "values": {**d.values, "online": online},
+                             "at": time.time()}
         if d.fire:
             self._event("trigger", reasons=d.reasons, values=d.values)
         return d.fire
+
+    def _online_signal(self) -> tuple[float | None, float | None, dict | None]:
+        """(online metric, threshold, detail) of the configured Serve endpoint; no endpoint: (None, None, None).
+
+        A configured endpoint that is not deployed (yet) gives no degradation signal; that is logged
+        once per controller incarnation, not on every poll.
+        """
+        from app.controller.online import online_trigger_inputs
+
+        oc = self.ccfg.online
+        if oc.endpoint is None:
+            return None, None, None
+        try:
+            from jobs.serve_up import online
+
+            block = online(oc.endpoint, oc.namespace, oc.tolerance, oc.min_labels)
+        except Exception as e:  # noqa: BLE001 - ValueError when not deployed; any failure means "no signal"
+            if not self._online_missing_logged:
+                self._event("online_signal_unavailable", endpoint=oc.endpoint, error=f"{type(e).__name__}: {e}"[:300])
+                self._online_missing_logged = True
+            return None, None, {"endpoint": oc.endpoint, "available": False}
+        self._online_missing_logged = False  # log again if it disappears later
+        metric, threshold, detail = online_trigger_inputs(block, oc, self.ccfg.triggers.degradation_threshold)
+        return metric, threshold, {**detail, "available": True, "serving_verdict": block.get("degradation")}
 
     def _iterate(self) -> None:
         from jobs.stages.iteration import IterationStages

@@ -101,9 +101,13 @@ def source_signature(paths: list[str]) -> str:
 
 
 def measure_triggers(
-    cfg: TriggerConfig, control: ControlState, pool_total: int, now: float, online_metric: float | None = None
+    cfg: TriggerConfig, control: ControlState, pool_total: int, now: float, online_metric: float | None = None,
+    online_threshold: float | None = None,
 ) -> TriggerDecision:
     """Evaluate the triggers from the controller's records.
+
+    ``online_threshold`` (from ``app.controller.online.online_trigger_inputs``) replaces
+    ``cfg.degradation_threshold`` when given, e.g. the endpoint's val accuracy minus a tolerance.
 
     new_items = max(pool_total − items_at_last_train, 0) (pool rows that arrived since the last
     trained iteration ingested); hours_since_train = (now − last_train_at) / 3600, or ∞ when no
@@ -111,5 +115,7 @@ def measure_triggers(
     """
     if isinstance(pool_total, bool) or not isinstance(pool_total, int) or pool_total < 0:
         raise ValueError(f"pool_total must be an int >= 0, got {pool_total!r}")
+    if online_threshold is not None:
+        cfg = cfg.model_copy(update={"degradation_threshold": float(online_threshold)})
     hours = math.inf if control.last_train_at is None else max(0.0, (now - control.last_train_at) / 3600.0)
     return evaluate_triggers(cfg, max(pool_total - control.items_at_last_train, 0), hours, online_metric, control.critical)

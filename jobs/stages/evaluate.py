@@ -27,7 +27,7 @@ def decide(ctx: StageContext, base: dict, cand: dict, losses: list[float]):
     g, m = ctx.cfg.eval.gate, cand["metric"]
     d = gate(cand[m], base[m], cand["p99_ms"], base["p99_ms"], loss_cv(losses), min_gain=g.min_gain,
              latency_tolerance=g.latency_tolerance, target=g.target, min_safety=g.min_safety,
-             max_loss_cv=g.max_loss_cv)
+             max_loss_cv=g.max_loss_cv, safety=cand.get("safety"))  # "rollback when safety < min_safety" once an eval reports one
     mlflow.log_dict(d.to_dict(), "decision.json")
     mlflow.set_tag("flywheel.decision", d.action)
     return d

@@ -90,11 +90,22 @@ class IterationStages:
                 "label_names": names, "start_dir": str(start_dir), "start_version": start_version, "trained": trained,
                 "mlflow_run_id": ctx.run_id}
 
+    def _earlier_failures(self) -> str | None:
+        """``failures.json`` of the newest earlier iteration that evaluated (7.1.5 feedback to selection)."""
+        for r in range(self.r - 1, 0, -1):
+            p = self.idir.parent / f"iter-{r:04d}" / "failures.json"
+            if p.exists():
+                return str(p)
+        return None
+
     def select(self, state: IterationState) -> dict:
-        chosen = select.select(self.ctx, self._current(state), self.r)
+        fb = self.ctx.cfg.controller.feedback
+        failures = self._earlier_failures() if fb.enabled else None
+        chosen = select.select(self.ctx, self._current(state), self.r, failures_file=failures)
         path = self.idir / "chosen.json"
         write_json_atomic(path, chosen)
-        return {"chosen_file": str(path), "selected": len(chosen["rows"]), "strategy": chosen["strategy"]}
+        return {"chosen_file": str(path), "selected": len(chosen["rows"]), "strategy": chosen["strategy"],
+                "failures_file": failures}
 
     def label(self, state: IterationState) -> dict:
         names = self._ensure_labeler(state)
@@ -129,7 +140,15 @@ class IterationStages:
         mlflow.log_metrics({f"eval.{k}": v for k, v in cand.items() if isinstance(v, (int, float))})
         m = cand["metric"]
         self.ctx.prog.say(f"  {m}: {base[m]:.4f} → {cand[m]:.4f}; p99 {base['p99_ms']:.1f} → {cand['p99_ms']:.1f} ms")
-        return _plain({"baseline": base, "candidate": cand})
+        fb = None
+        if self.ctx.cfg.task == "classify" and self.ctx.cfg.controller.feedback.enabled:
+            from jobs.stages import failures
+
+            names = self._ensure_labeler(state)
+            gv = ray.get(self.ctx.labeler.counts.remote())["guideline_version"]
+            fb = failures.collect(self.ctx, state.completed["train"]["model_dir"], inputs, targets, names, self.idir,
+                                  self.r, gv)
+        return _plain({"baseline": base, "candidate": cand, "feedback": fb})
 
     def decide(self, state: IterationState) -> dict:
         import mlflow

@@ -26,8 +26,29 @@ def score(ctx: StageContext, table, model_dir, udf, kwargs):
     return df.iloc[[pos[i] for i in table.column("item_id").to_pylist()]].reset_index(drop=True)
 
 
-def select(ctx: StageContext, model_dir, r: int) -> dict:
+def _with_reserved(strategy: str, pre, budget: int, seed: int, run_strategy):
+    """Reserved failure neighbours first, then the strategy's picks among the other rows."""
+    from app.selection import SelectionResult
+
+    reserved, bonus, nearest, inp, fails = pre
+    rest = budget - len(reserved)
+    res = (run_strategy(strategy, inp, rest, seed=seed) if rest > 0 and inp.n > len(inp.exclude)
+           else SelectionResult([], {}, []))
+    why = []
+    for i in reserved:
+        f = fails[int(nearest[i])]
+        why.append(f"feedback: bonus {bonus[i]:.3f} near failed test item {f['text'][:50]!r} "
+                   f"(gold {f['target']}, predicted {f['pred']})")
+    return SelectionResult([int(i) for i in reserved] + list(res.selected),
+                           {**res.scores, "feedback_bonus": bonus}, why + list(res.reasons))
+
+
+def select(ctx: StageContext, model_dir, r: int, failures_file: str | None = None) -> dict:
     """Pick ``selection.budget`` unlabelled train items for round ``r``.
+
+    ``failures_file`` (an earlier evaluation's ``failures.json``, see ``jobs.stages.failures``) makes
+    pool items near those failures claim up to ``controller.feedback.share`` of the budget first; their
+    reasons say so and ``scores["feedback_bonus"]`` records every row's bonus.
 
     Returns ``{"rows": [pool rows, with the model's suggestion and confidence when classify], "strategy"}``.
     """
@@ -57,7 +78,17 @@ def select(ctx: StageContext, model_dir, r: int) -> dict:
                        {"model_dir": model_dir, "max_length": c.model.max_length})
         inp = SelectionInput(n=n, scores={"token_entropy": scored["token_entropy"].to_numpy()})
         strategy = sc.strategy
-    res = run_strategy(strategy, inp, min(sc.budget, n), seed=sc.seed + r)
+    budget = min(sc.budget, n)
+    pre = None
+    if failures_file and model_dir is not None and c.task == "classify":
+        from jobs.stages.failures import prioritise
+
+        pre = prioritise(ctx, table.select(["item_id", "text"]), inp, budget, model_dir, failures_file)
+    if pre is None:
+        res = run_strategy(strategy, inp, budget, seed=sc.seed + r)
+    else:
+        res = _with_reserved(strategy, pre, budget, sc.seed + r, run_strategy)
+        ctx.prog.say(f"  feedback: {len(pre[0])} of {budget} picks reserved for items near {len(pre[4])} failed test items")
     ctx.prog.say(f"  {strategy}: picked {len(res.selected)} of {n} unlabelled items"
                  + (f" — e.g. {res.reasons[0]}" if res.reasons else ""))
     import mlflow

@@ -129,6 +129,21 @@ def test_no_label_lost_or_duplicated(killed_run):
     assert manifests[-1]["counts"]["labelled"] == BUDGET
 
 
+def test_evaluation_failures_saved_for_selection_and_review(killed_run):
+    """Evaluate kept the candidate's failed test items and turned their clusters into guideline-review items."""
+    home = killed_run["home"]
+    state = json.loads((home / "controller" / "ctest" / "state.json").read_text())["state"]
+    fb = state["completed"]["evaluate"]["feedback"]
+    saved = json.loads((home / "controller" / "ctest" / "iter-0001" / "failures.json").read_text())
+    fails = saved["failures"]
+    assert saved["test_items"] == 20 and fb["failures"] == len(fails) <= 20  # eval.max_items 20
+    assert all(f["pred"] != f["target"] or f["p_true"] < 0.6 for f in fails)  # the failure rule
+    assert [f["p_true"] for f in fails] == sorted(f["p_true"] for f in fails)  # worst first
+    review = json.loads(Path(fb["review_file"]).read_text())
+    assert sum(r["size"] for r in review) == len(fails) and len(review) == fb["review_items"] <= 5
+    assert all(r["kind"] == "guideline_review" for r in review)
+
+
 def test_one_mlflow_run_and_lineage_back_to_data_version(killed_run):
     from mlflow.tracking import MlflowClient
 
