@@ -107,6 +107,19 @@ class TrainerConfig(_Cfg):
     offload_params: bool = Field(False, description="ZeRO-3: parameters offloaded to CPU memory")
     export: bool = Field(True, description="Write the final model directory into the last checkpoint")
     report_every: int = Field(10, ge=1, description="Report metrics (without a checkpoint) every this many steps")
+    activation_checkpoint_ratio: float = Field(0.0, ge=0, le=1, description="Share of transformer blocks recomputed in backward, largest first")
+    grad_compression: Literal["none", "powersgd", "topk"] = Field("none", description="Compression of the DDP all-reduce (engine: torch with several workers)")
+    powersgd_rank: int = Field(4, ge=1, description="PowerSGD approximation rank")
+    powersgd_start_iter: int = Field(10, ge=2, description="Plain all-reduce steps before PowerSGD starts")
+    topk_ratio: float = Field(0.01, gt=0, le=1, description="top-k compression: share of gradient entries sent per bucket")
+    profile_dir: str | None = Field(None, description="Write a torch.profiler trace and the communication share of time here")
+    profile_steps: tuple[int, int] = Field((2, 4), description="Optimiser steps to profile (first, last; inclusive)")
+    elastic_resize_interval_s: float = Field(60.0, gt=0, description="How often an elastic run checks for room to grow")
+    curriculum: Literal["none", "linear", "root", "step", "adaptive"] = Field("none", description="Data order: competence pacing of easy-to-hard rows (Platanios et al. 2019); none: shuffled")
+    curriculum_anti: bool = Field(False, description="Anti-curriculum: hardest rows first")
+    curriculum_c0: float = Field(0.2, gt=0, le=1, description="Share of rows available at step 0")
+    curriculum_ramp: float = Field(0.5, gt=0, le=1, description="Share of the training steps until every row is available (scheduled pacings)")
+    curriculum_replay: float = Field(0.0, ge=0, le=1, description="Extra easy rows replayed, as a share of the available rows (against forgetting)")
 
     @model_validator(mode="after")
     def _elastic_range(self) -> "TrainerConfig":
@@ -114,6 +127,10 @@ class TrainerConfig(_Cfg):
             raise ValueError(f"trainer.min_workers={self.min_workers} exceeds trainer.num_workers={self.num_workers}")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("trainer.offload_params needs trainer.zero_stage=3")
+        if self.grad_compression != "none" and self.engine != "torch":
+            raise ValueError(f"trainer.grad_compression={self.grad_compression!r} needs trainer.engine='torch' (DDP)")
+        if self.profile_steps[0] > self.profile_steps[1] or self.profile_steps[0] < 1:
+            raise ValueError(f"trainer.profile_steps={list(self.profile_steps)}: need 1 <= first <= last")
         return self
 
 

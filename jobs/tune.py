@@ -3,9 +3,11 @@
     python -m jobs.tune sample --space jobs/configs/tune_space_example.yaml --n 5 --seed 0
     python -m jobs.tune plan --scheduler hyperband --max-t 81 --eta 3
     python -m jobs.tune plan --scheduler asha --max-t 81 --grace-period 1 --eta 3
+    python -m jobs.tune run --config jobs/configs/tune_demo.yaml --out result.json [--resume STUDY]
 
 `sample` prints one resolved config per line as JSON (same seed, same lines); `plan` prints the budget plan
-of a scheduler as one JSON object. Bad input gives a one-line error on stderr and exit code 2.
+of a scheduler as one JSON object; `run` runs a study on Ray Tune and prints its result JSON (see
+jobs/tune_run.py). Bad input gives a one-line error on stderr and exit code 2.
 Subcommands are entries of SUBCOMMANDS (name -> (add_arguments, handler)), so a new one is one more entry.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 from app.tune.budget import PlanError, asha_plan, hyperband_plan
 from app.tune.sampling import sample
 from app.tune.space import SpaceError, load_space
+from app.tune.study import StudyError
 
 
 class UsageError(ValueError):
@@ -86,14 +89,63 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(json.dumps(plan))
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="study YAML (see jobs/configs/tune_demo.yaml)")
+    p.add_argument("--out", default=None, help="also write the result JSON to this file")
+    p.add_argument("--resume", default=None, metavar="STUDY", help="continue the interrupted study STUDY")
+    p.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else a "
+                   "fresh local one)")
+    p.add_argument("--num-cpus", type=_non_negative_int, default=2, help="CPUs of a fresh local cluster")
+    p.add_argument("--ray-temp-dir", default=None, help="session directory of a fresh local cluster "
+                   "(its own, so parallel runs do not share /tmp/ray)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run a study (scheduler + search over the real trainer) and print its result JSON."""
+    import os
+
+    from app.tune.study import load_study
+
+    cfg, space = load_study(args.config)  # validated before Ray starts
+    import ray
+
+    from jobs.tune_run import run_study
+
+    started = False
+    if not ray.is_initialized():
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, namespace="flywheel")
+        else:  # an isolated cluster: never join someone else's by accident (FINDINGS, several drivers)
+            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, namespace="flywheel",
+                     _temp_dir=args.ray_temp_dir)
+        started = True
+    import contextlib
+
+    try:
+        # stdout carries the result JSON only; libraries imported on the way print banners to stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_study(cfg, space, resume=args.resume)
+    finally:
+        if started:
+            ray.shutdown()
+    text = json.dumps(result, indent=1)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+    print(text)
+
+
 # Errors that mean "bad input": one line on stderr and exit code 2, never a traceback.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (SpaceError, PlanError, UsageError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (SpaceError, PlanError, UsageError, StudyError)
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], None]
 SUBCOMMANDS: dict[str, tuple[AddArgs, Handler]] = {
     "sample": (add_sample_args, cmd_sample),
     "plan": (add_plan_args, cmd_plan),
+    "run": (add_run_args, cmd_run),
 }
 
 

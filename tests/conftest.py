@@ -11,3 +11,22 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # DeepSpeed JIT-builds its ops into ~/.cache/torch_extensions; two checkouts with different builds replaced
 # each other's there and a test waited on the rebuild. One build directory per virtual environment.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uri_stays_in_its_module():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses): a module that points MLflow
+    at its own store must not send later modules' runs and CLI subprocesses there."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets both the global and the variable
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

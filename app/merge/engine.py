@@ -30,11 +30,23 @@ log = logging.getLogger(__name__)
 MapFn = Callable[[Callable[[TensorTask], torch.Tensor], Iterable[TensorTask]], Iterable[torch.Tensor]]
 
 
+def nonfinite_count(x: torch.Tensor) -> int:
+    """Number of NaN / inf entries of a float tensor.
+
+    A NaN or inf anywhere makes the sum NaN or inf, and a sum is one vectorised pass with no bool mask
+    (about 20x cheaper than ``isfinite`` on 2 cores, and this runs on every input tensor); only a
+    non-finite sum — a bad value, or a finite overflow in fp16 — pays for the exact count.
+    """
+    if torch.isfinite(x.sum()):
+        return 0
+    return int((~torch.isfinite(x)).sum())
+
+
 def _load(task: TensorTask, ref: SourceRef) -> torch.Tensor:
     x = io.load_tensor(ref.path, ref.name)
     if not x.is_floating_point():
         return x
-    bad = (~torch.isfinite(x)).sum().item()
+    bad = nonfinite_count(x)
     if bad:
         raise MergeInputError(
             f"tensor {ref.name!r} of model {ref.model!r} has {bad} NaN/inf values; fix that model before merging"
@@ -78,7 +90,7 @@ def execute_task(task: TensorTask) -> torch.Tensor:
         raise AssertionError(
             f"{task.method} returned {tuple(out.shape)} for {task.info.name!r}, expected {task.out_shape}"
         )
-    if not torch.isfinite(out).all():
+    if out.is_floating_point() and nonfinite_count(out):
         raise MergeInputError(f"merging tensor {task.info.name!r} produced NaN/inf; check the {task.method} parameters")
     return out.to(getattr(torch, task.out_dtype)).contiguous()
 

@@ -132,18 +132,47 @@ class ModelFiles:
         return int(n), int(c.get("num_key_value_heads") or n), int(c.get("head_dim") or c["hidden_size"] // n)
 
 
-@lru_cache(maxsize=64)
-def _handle(path: str):
-    from safetensors import safe_open
-
-    return safe_open(path, framework="pt")
+@lru_cache(maxsize=256)
+def _header(path: str) -> tuple[dict, int]:
+    """(JSON header, byte offset of the data section) of a safetensors file."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
 
 
 def load_tensor(path: str, name: str) -> torch.Tensor:
-    """Read one tensor from a safetensors file (handles are cached per process)."""
-    return _handle(path).get_tensor(name)
+    """Read one tensor from a safetensors file into private memory.
+
+    The bytes are read with ``readinto`` at the tensor's offset instead of through a memory map: mapped
+    pages stay resident (and count in the process's RSS) for as long as the file is open, so over a merge a
+    mmap reader's RSS grows towards the size of every input model, while this reader holds only the tensors
+    in flight. The layout (8-byte header length, JSON header, raw little-endian data) is the published
+    safetensors format; dtypes we do not map fall back to ``safe_open``.
+    """
+    header, start = _header(path)
+    meta = header.get(name)
+    if meta is None:
+        raise KeyError(f"tensor {name!r} is not in {path}")
+    dtype = ST_DTYPES.get(meta["dtype"])
+    if dtype is None:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return f.get_tensor(name)
+    begin, end = meta["data_offsets"]
+    buf = torch.empty(end - begin, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start + begin)
+        done = 0
+        while done < len(view):
+            got = f.readinto(view[done:])
+            if not got:
+                raise MergeInputError(f"{path}: file ends inside tensor {name!r} (truncated download?)")
+            done += got
+    return buf.view(dtype).reshape(meta["shape"])
 
 
 def release_handles() -> None:
-    """Drop cached file handles (and their memory maps) after a merge."""
-    _handle.cache_clear()
+    """Forget cached file headers after a merge (files may be rewritten between merges)."""
+    _header.cache_clear()

@@ -68,3 +68,45 @@ def apply_checkpointing(model_layers: Sequence, indices: Sequence[int]) -> int:
         setattr(layer, _WRAPPED, True)
         wrapped += 1
     return wrapped
+
+
+def find_layers(model) -> tuple[str, "object"]:
+    """The transformer block list of a Hugging Face model: the largest ``nn.ModuleList`` of same-class modules.
+
+    Covers decoders (``model.layers``), encoders (``encoder.layer``), GPT-2 (``transformer.h``) and peft
+    or Flywheel wrappers around them, without a per-architecture table.
+
+    Returns:
+        (dotted name, the ModuleList). Raises ValueError when the model has no such list.
+    """
+    import torch
+
+    best: tuple[str, object] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0 and len({type(m) for m in mod}) == 1:
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    if best is None:
+        raise ValueError(f"activation checkpointing: {type(model).__name__} has no list of identical blocks "
+                         f"(nn.ModuleList) to checkpoint; set trainer.activation_checkpoint_ratio to 0")
+    return best
+
+
+def checkpoint_model(model, ratio: float) -> list[str]:
+    """Checkpoint the ceil(ratio · L) largest blocks (by parameter count, ties: earlier first) of ``model``.
+
+    Turns off the model's KV cache (``config.use_cache``): a recomputed block would append to it twice.
+
+    Returns:
+        Dotted names of the wrapped blocks, e.g. ``["model.layers.0", "model.layers.1"]``.
+    """
+    if ratio == 0:
+        return []
+    name, layers = find_layers(model)
+    sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+    idx = layers_to_checkpoint(sizes, ratio)
+    apply_checkpointing(layers, idx)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "use_cache", None):
+        cfg.use_cache = False
+    return [f"{name}.{i}" for i in idx]

@@ -186,3 +186,22 @@ def powersgd_hook_state(process_group: Any = None, rank: int = 1, warm_start: bo
         process_group=process_group, matrix_approximation_rank=rank, start_powerSGD_iter=start_iter,
         min_compression_rate=min_compression_rate, use_error_feedback=use_error_feedback,
         warm_start=warm_start, random_seed=random_seed)
+
+
+def serialized_hook(hook: Callable) -> Callable:
+    """Wrap a DDP comm hook so each bucket's communication finishes before the hook returns.
+
+    Gloo pairs collectives by the order ranks issue them. PowerSGD issues its second and third
+    all-reduce from future callbacks, which with several buckets can interleave in a different order on
+    each rank; seen here as gloo's "Received data size doesn't match expected size" abort. DDP calls the
+    hooks in bucket order on every rank, so waiting inside the hook restores one order everywhere, at the
+    price of the overlap of communication with the rest of backward.
+    """
+
+    def wrapped(state, bucket):  # unannotated: see topk_hook
+        value = hook(state, bucket).wait()
+        fut: torch.futures.Future = torch.futures.Future()
+        fut.set_result(value)
+        return fut
+
+    return wrapped

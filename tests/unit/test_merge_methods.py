@@ -71,6 +71,11 @@ def test_ties_hand_example():
 def test_ties_trim_keeps_largest_magnitudes():
     # density 0.5 of 4 entries -> k = 2: |4| and |3| survive
     assert sparsify.magnitude(torch.tensor([4.0, -1.0, 3.0, 0.5]), 0.5).tolist() == [4.0, 0.0, 3.0, 0.0]
+    # density 0.1 of 4 -> int(0.4) = 0, but at least one entry is kept (as mergekit): only |4|
+    assert sparsify.magnitude(torch.tensor([4.0, -1.0, 3.0, 0.5]), 0.1).tolist() == [4.0, 0.0, 0.0, 0.0]
+    # rescale: L1 norm 8.5 kept, so [4, 3] -> [4, 3] * 8.5 / 7
+    out = sparsify.magnitude(torch.tensor([4.0, -1.0, 3.0, 0.5]), 0.5, rescale=True)
+    assert out.tolist() == pytest.approx([4 * 8.5 / 7, 0.0, 3 * 8.5 / 7, 0.0])
 
 
 @pytest.mark.parametrize(
@@ -105,16 +110,25 @@ def test_dare_is_seeded_and_reproducible():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     kept = a != 0
-    # kept entries are rescaled by 1/density = 2
-    assert torch.equal(a[kept], 2 * torch.tensor(deltas[0])[kept])
+    # kept entries are rescaled so the L1 norm is kept: c = sum(1..64) / sum(kept) = 2080 / sum(kept)
+    d = torch.tensor(deltas[0])
+    c = 2080.0 / d[kept].sum().item()
+    assert torch.allclose(a[kept], c * d[kept])
+    assert a.abs().sum().item() == pytest.approx(2080.0)
 
 
-def test_dare_keeps_density_and_is_unbiased():
-    # delta = 1 everywhere, density 0.3: about 30% kept, each 1/0.3; mean ~ 0.3 * (1/0.3) = 1
+def test_dare_keeps_density_and_l1_norm():
+    # delta = 1 everywhere, density 0.3: about 30% kept (k of them), each scaled to n/k ~ 1/0.3,
+    # so the L1 norm n is kept exactly and the mean is exactly 1
     gen = torch.Generator().manual_seed(0)
     out = sparsify.dare(torch.ones(200_000), 0.3, gen)
-    assert (out != 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
-    assert out.mean().item() == pytest.approx(1.0, abs=0.02)
+    k = int((out != 0).sum())
+    assert k / 200_000 == pytest.approx(0.3, abs=0.005)
+    assert out[out != 0].unique().tolist() == pytest.approx([200_000 / k])
+    assert out.mean().item() == pytest.approx(1.0, abs=1e-5)
+    # rescale off: kept entries stay 1
+    out = sparsify.dare(torch.ones(1000), 0.3, torch.Generator().manual_seed(0), rescale=False)
+    assert set(out.tolist()) <= {0.0, 1.0}
 
 
 def test_breadcrumbs_drops_outliers_and_smallest():

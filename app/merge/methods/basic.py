@@ -13,20 +13,21 @@ from app.merge.registry import Param, merge_method
 
 
 
-def _weights(weight: list[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-model weights shaped (n, 1, ..., 1) to broadcast against stacked tensors (n, *S)."""
-    w = torch.tensor(weight, dtype=like.dtype, device=like.device)
-    return w.view(-1, *([1] * (like.dim() - 1)))
-
-
 def weighted_sum(tensors: list[torch.Tensor], weight: list[float], normalize: bool) -> torch.Tensor:
-    """``sum_i w_i x_i`` (divided by ``sum_i w_i`` when ``normalize``); tensors (n x S) -> S."""
-    stacked = torch.stack(tensors, dim=0)
-    w = _weights(weight, stacked)
-    res = (w * stacked).sum(dim=0)
+    """``sum_i w_i x_i`` (divided by ``sum_i w_i`` when ``normalize``); tensors (n x S) -> S.
+
+    Accumulated in place in float32 (float64 for float64 inputs) and cast back to the inputs' dtype: no
+    (n, *S) stack, so one output-sized buffer instead of two n-times-larger ones, and bf16 / fp16 inputs
+    are not rounded after every product.
+    """
+    first = tensors[0]
+    work = torch.float64 if first.dtype == torch.float64 else torch.float32
+    res = torch.zeros(first.shape, dtype=work, device=first.device)
+    for x, w in zip(tensors, weight):
+        res.add_(x, alpha=float(w))
     if normalize:
-        res = res / w.sum(dim=0)
-    return res
+        res.div_(float(sum(weight)))
+    return res.to(first.dtype)
 
 
 @merge_method(

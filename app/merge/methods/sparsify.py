@@ -20,14 +20,24 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> tor
     """TIES trim (Yadav et al. 2023, https://arxiv.org/abs/2306.01708): keep the ``k = int(density * numel)``
     entries of largest |delta|, zero the rest.
 
-    ``k = 0`` (a tiny tensor with a small density) keeps nothing; mergekit asserts there instead.
+    At least one entry is kept (``k = max(1, ...)``), as mergekit 0.1.5 does, so a tiny tensor with a small
+    density is not zeroed out.
     """
-    if density >= 1:
+    if density >= 1 or delta.numel() == 0:
         return delta
-    k = int(density * delta.numel())
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    if k > 0:
-        mask[torch.topk(delta.abs().reshape(-1).float(), k, sorted=False).indices] = 1
+    n = delta.numel()
+    k = max(1, int(density * n))
+    w = delta.abs().reshape(-1).float()
+    if k < n:
+        top = torch.topk(w, k + 1, sorted=True)
+        # Equal magnitudes at the cut (common: bf16 deltas, or float32 deltas quantised by the weights' ulp)
+        # make the choice of survivors arbitrary; there we take the first k of the same descending argsort
+        # mergekit uses, so both tools keep the same entries. Otherwise topk (no full sort) suffices.
+        keep = torch.argsort(w, descending=True)[:k] if top.values[k - 1] == top.values[k] else top.indices[:k]
+    else:
+        keep = torch.arange(n, device=delta.device)
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[keep] = 1
     masked = delta * mask.view_as(delta)
     return _l1_rescale(delta, masked) if rescale else masked
 
@@ -35,8 +45,11 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> tor
 def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:
     """DARE drop-and-rescale (Yu et al. 2024, https://arxiv.org/abs/2311.03099).
 
-    Keep each entry independently with probability ``p = density``; kept entries are divided by ``p`` so
-    ``E[dare(delta)] = delta``. Seeded by ``generator`` so a merge is reproducible.
+    Keep each entry independently with probability ``p = density``. The paper divides kept entries by
+    ``p`` so that ``E[dare(delta)] = delta``; like mergekit 0.1.5 we instead scale the kept entries so the L1
+    norm equals the original's, ``sum|kept| * c = sum|delta|`` — the same factor ``1/p`` in expectation, but
+    exact per tensor, so a merge keeps each task vector's total magnitude. Seeded by ``generator`` so a
+    merge is reproducible.
     """
     if density >= 1:
         return delta
@@ -44,9 +57,10 @@ def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescal
     work = torch.float32 if delta.dtype == torch.float16 else delta.dtype
     probs = torch.full(delta.shape, density, dtype=work, device=delta.device)
     mask = torch.bernoulli(probs, generator=generator)
-    res = delta.to(work) * mask
+    original = delta.to(work)
+    res = original * mask
     if rescale:
-        res = res / density
+        res = _l1_rescale(original, res)
     return res.to(delta.dtype)
 
 

@@ -7,9 +7,10 @@ All work on deltas from ``base_model`` (Ilharco et al. 2023, https://arxiv.org/a
     mixed, divisor = consensus over w_i * delta_i          (or plain sum and sum_i w_i without one)
     theta = theta_base + lambda * (mixed / divisor if normalize else mixed)
 
-with mergekit's defaults per method (``normalize`` true only for ``ties``; ``rescale`` true for DARE;
-``lambda`` 1), so a mergekit config gives the same tensors (DARE's random masks aside: ours are seeded
-per tensor with ``random_seed``).
+with mergekit's defaults per method (``normalize`` true only for ``ties``; ``rescale`` true for DARE, an L1
+norm match as in mergekit 0.1.5; ``lambda`` 1), so a mergekit config gives the same tensors (DARE's random
+masks aside: ours are seeded per tensor with ``random_seed``, mergekit draws from torch's global RNG in its
+own execution order, so the two cannot coincide; bench/merge_vs_mergekit.py compares their statistics).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def generalized_task_arithmetic(
     Returns:
         Tensor of shape S in ``base.dtype``.
     """
-    deltas = []
+    # one (n, *S) buffer filled row by row (no list + torch.stack copy)
+    stacked = base.new_empty((len(tensors), *base.shape))
     for i, x in enumerate(tensors):
         d = x.to(base.dtype) - base
         if sparsifier == "magnitude":
@@ -59,10 +61,10 @@ def generalized_task_arithmetic(
         elif sparsifier == "dare":
             gen = torch.Generator(device=d.device).manual_seed(_seed(info, i))
             d = sp.dare(d, density[i], gen, rescale=rescale)
-        deltas.append(d)
-    stacked = torch.stack(deltas, dim=0)  # (n, *S)
+        stacked[i] = d
+        del d
     w = torch.tensor(weight, dtype=stacked.dtype, device=stacked.device).view(-1, *([1] * base.dim()))
-    wd = stacked * w
+    wd = stacked.mul_(w)
     if consensus != "none":
         mixed, divisor = resolve_signs(wd, w, consensus)
     else:

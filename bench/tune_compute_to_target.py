@@ -1,0 +1,125 @@
+"""Compute to reach a target: trial-iterations a study spends until some trial first reports a validation
+accuracy >= a target, for random search, ASHA, Hyperband, PBT and TPE, each over several seeds, at equal budget
+(same search space, trials per study and iterations per trial), on the same real task: SST-2 sentences from
+the shipped data, tiny-bert, the real trainer (torch engine, one process per trial).
+
+    nice -n 10 python bench/tune_compute_to_target.py --seeds 0 1 2 --num-samples 4 --max-t 4 --targets 0.58 0.6 0.62
+
+One local Ray cluster (2 CPUs) runs every study in turn. A study that never reaches the target counts its
+whole spend (a censored value, flagged in the JSON). Writes bench/results/tune_compute_to_target.json.
+The ratio compares each method's mean to random's from the same run (the machine is shared: absolute
+times are noisy, iteration counts are not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "results"
+
+SPACE = {"learning_rate": {"type": "log_uniform", "low": 1.0e-4, "high": 3.0e-2},
+         "head_lr": {"type": "log_uniform", "low": 1.0e-4, "high": 3.0e-2},
+         "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
+         "batch_size": {"type": "choice", "values": [8, 16, 32]}}
+METHODS = {
+    "random": ({"type": "random"}, {"type": "random"}),
+    "asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 2}, {"type": "random"}),
+    "hyperband": ({"type": "hyperband", "reduction_factor": 2}, {"type": "random"}),
+    "pbt": ({"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
+             "mutable": ["learning_rate", "head_lr"]}, {"type": "random"}),
+    "tpe": ({"type": "random"}, {"type": "tpe", "n_startup_trials": 3, "max_concurrent": 2}),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.62, 0.64], help="validation accuracies")
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--max-t", type=int, default=8)
+    p.add_argument("--steps-per-iteration", type=int, default=4)
+    p.add_argument("--store", default="/tmp/flywheel-bench-tune")
+    p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="study-name suffix (names are unique)")
+    args = p.parse_args()
+
+    import ray
+
+    from app.tune.results import iterations_to_target
+    from app.tune.study import parse_study
+    from jobs.tune_run import run_study, study_dir
+
+    for attempt in range(3):  # on a crowded machine the raylet can miss Ray's fixed 30 s start window
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=f"{args.store}/ray-tmp")
+            break
+        except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
+            print(f"ray.init attempt {attempt + 1} failed: {e}", file=sys.stderr)
+            ray.shutdown()
+            time.sleep(20)
+    else:
+        raise SystemExit("could not start a local Ray cluster")
+    runs = []
+    for seed in args.seeds:  # seeds outer: a run cut short still compares every method on the first seeds
+        for method in args.methods:
+            sched, search = METHODS[method]
+            cfg, space = parse_study({
+                "name": f"bench-{method}-s{seed}-{args.tag}", "space": SPACE, "scheduler": sched, "search": search,
+                "metric": "val_accuracy", "mode": "max", "num_samples": args.num_samples, "max_t": args.max_t,
+                "seed": seed, "store": args.store, "tracking": {"enabled": False},
+                "task": {"label_map": {"0": "negative", "1": "positive"}, "n_train": 512, "n_val": 200,
+                         "max_length": 32},
+                "trainer": {"steps_per_iteration": args.steps_per_iteration}})
+            t0 = time.time()
+            result = run_study(cfg, space)
+            records = json.loads((study_dir(cfg) / "history.json").read_text())
+            hits = {str(t): iterations_to_target(records, "val_accuracy", "max", t) for t in args.targets}
+            runs.append({"method": method, "seed": seed, "iterations_to_target": hits,
+                         "total_iterations": result["total_iterations"],
+                         "best_score": result["best"]["score"] if result["best"] else None,
+                         "errored": sum(t["status"] == "errored" for t in result["trials"]),
+                         "wall_s": round(time.time() - t0, 1)})
+            print(json.dumps(runs[-1]), flush=True)
+            write(args, runs)
+    ray.shutdown()
+    print(json.dumps(write(args, runs), indent=1))
+
+
+def write(args, runs: list[dict]) -> dict:
+    """Summarise the studies so far and write bench/results/tune_compute_to_target.json; returns the summary."""
+    summary = {}
+    for t in map(str, args.targets):
+        summary[t] = {}
+        for method in args.methods:
+            rs = [r for r in runs if r["method"] == method]
+            if not rs:
+                continue
+            # censored: a study that never reached the target is charged its whole spend
+            cost = [r["iterations_to_target"][t] or r["total_iterations"] for r in rs]
+            summary[t][method] = {"mean_iterations_to_target": statistics.mean(cost), "per_seed": cost,
+                                  "reached": sum(r["iterations_to_target"][t] is not None for r in rs),
+                                  "seeds": len(rs),
+                                  "mean_total_iterations": statistics.mean(r["total_iterations"] for r in rs),
+                                  "mean_best_score": statistics.mean(r["best_score"] or 0.0 for r in rs)}
+        base = summary[t].get("random", {}).get("mean_iterations_to_target")
+        for s in summary[t].values():
+            s["ratio_to_random"] = round(s["mean_iterations_to_target"] / base, 3) if base else None
+    out = {"bench": "tune_compute_to_target", "targets": args.targets, "num_samples": args.num_samples,
+           "max_t": args.max_t, "steps_per_iteration": args.steps_per_iteration, "task": "SST-2 512 train / 200 val",
+           "backbone": "tiny-bert", "machine": f"{platform.machine()}, 2 CPUs for Ray, shared with other jobs",
+           "summary": summary, "runs": runs}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "tune_compute_to_target.json").write_text(json.dumps(out, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

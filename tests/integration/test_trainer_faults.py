@@ -1,0 +1,141 @@
+"""Ray Train + DeepSpeed fault tolerance on a local 2-CPU Ray: a training worker killed with SIGKILL mid-run,
+and a corrupted newest checkpoint. Two workers, ZeRO-2, a pico BERT classifier (tiny-bert).
+
+Each test runs ``run_training`` in a thread, watches the run's storage directory (checkpoints and the
+pid files the workers write), injects the fault, and checks the run still reaches its step count.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+STEPS = 40
+# About 60 s per test on an idle 2-core machine; the generous waits only keep a busy shared machine
+# from failing it (they are limits, not sleeps).
+WAIT = 300.0
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    tmp = tmp_path_factory.mktemp("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "r"))
+    yield tmp
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(ray_local):
+    from app.models.backbones import resolve
+
+    return str(resolve("tiny-bert", ray_local / "models"))
+
+
+def _spec(model: str, checkpoint_every: int):
+    from app.config import TrainerConfig
+    from app.train.spec import TrainSpec
+
+    t = TrainerConfig(num_workers=2, cpus_per_worker=0.75, zero_stage=2, micro_batch_size=2, max_steps=STEPS,
+                      checkpoint_every=checkpoint_every, max_failures=1, keep_checkpoints=2).model_dump()
+    texts = [f"review {i}: the film was {'great fun' if i % 2 else 'a dull mess'}" for i in range(16)]
+    return TrainSpec(task="classify", start_model=model, start_is_flywheel=False, base_name="tiny-bert",
+                     label_names=["negative", "positive"], inputs=texts,
+                     targets=["positive" if i % 2 else "negative" for i in range(16)], max_length=16, trainer=t)
+
+
+def _start(spec, storage: Path, name: str):
+    from actors.trainer import run_training
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["out"] = run_training(spec, storage, name, None)
+        except BaseException as e:  # surfaced by the test body
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box
+
+
+def _wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _first_verified(root: Path):
+    from app.train import checkpointing as ck
+    from app.train import run_checkpoints as rc
+
+    done = [c for c in ck.list_checkpoints(root) if rc.verify_checkpoint(c)[0]]
+    return done[-1] if done else None
+
+
+def _step(ckpt: Path) -> int:
+    return int(ckpt.name.split("_")[-1])
+
+
+def _finish(th, box, timeout: float = WAIT) -> dict:
+    th.join(timeout)
+    assert not th.is_alive(), "training did not finish after the fault"
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_bert):
+    storage, name = ray_local / "results", "kill"
+    root = storage / name
+    th, box = _start(_spec(tiny_bert, checkpoint_every=4), storage, name)
+    ckpt = _wait_for(lambda: _first_verified(root), WAIT, "a committed checkpoint")
+    pid = int((root / "workers" / "rank_1.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    out = _finish(th, box)
+
+    resumed = [e for e in out["events"] if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["kind"] == "full"
+    # resumed from the checkpoint seen before the kill or a later one, never from scratch
+    assert resumed[0]["step"] >= _step(ckpt) >= 4 and resumed[0]["step"] % 4 == 0
+    assert out["steps"] == STEPS and [h["step"] for h in out["history"]] == list(range(1, STEPS + 1))
+    assert int((root / "workers" / "rank_1.pid").read_text()) != pid  # a new worker process did the rest
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(ray_local, tiny_bert):
+    from app.train import run_checkpoints as rc
+
+    storage, name = ray_local / "results", "corrupt"
+    root = storage / name
+    th, box = _start(_spec(tiny_bert, checkpoint_every=8), storage, name)
+    # wait for two verified checkpoints, flip one byte in rank 1's ZeRO optimiser shard of the newer
+    # one, then kill rank 0 so the restarted group has to resume
+    newest = _wait_for(lambda: (c := _first_verified(root)) is not None and _step(c) >= 16 and c,
+                       WAIT, "a second checkpoint")
+    shard = next((newest / "rank_1" / "ds" / "ckpt").glob("zero_pp_rank_1_*optim_states.pt"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    os.kill(int((root / "workers" / "rank_0.pid").read_text()), signal.SIGKILL)
+    out = _finish(th, box)
+
+    skipped = [e for e in out["events"] if e["event"] == "skipped_checkpoint"]
+    assert skipped and skipped[0]["path"] == str(newest)
+    assert str(shard) in skipped[0]["problem"] and "sha256 mismatch" in skipped[0]["problem"]
+    resumed = [e for e in out["events"] if e["event"] == "resumed"]
+    before = _step(newest) - 8  # checkpoint_every = 8
+    assert resumed[0]["from"] == str(root / rc.ckpt_name(0, before)) and resumed[0]["step"] == before
+    assert out["steps"] == STEPS and [h["step"] for h in out["history"]] == list(range(1, STEPS + 1))

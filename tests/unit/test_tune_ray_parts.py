@@ -1,0 +1,127 @@
+"""Ray-side pieces of a study that need no cluster: PBT's explore hook, the stopper adapter, seed points,
+the study callback's records, and the figures."""
+
+import json
+
+import pytest
+
+pytest.importorskip("ray.tune")
+
+from app.tune.space import parse_space  # noqa: E402
+from app.tune.stopper import AdaptiveStopper  # noqa: E402
+from jobs.tune_ray import AdaptiveTuneStopper, StudyCallback, _explore_fn, seeds_to_ray  # noqa: E402
+
+SPACE = parse_space({
+    "learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
+    "batch_size": {"type": "choice", "values": [8, 16, 32]},
+    "use_lora": {"type": "choice", "values": [True, False]},
+    "lora_rank": {"type": "int", "low": 4, "high": 8, "when": {"use_lora": True}},
+    "lora_alpha": {"derive": "2 * lora_rank", "when": {"use_lora": True}},
+})
+
+
+def test_explore_changes_only_mutable_keys_and_keeps_inactive_raw_values():
+    explore = _explore_fn(SPACE, mutable=["learning_rate"], resample=0.0, seed=0)
+    raw = {"learning_rate": 1e-3, "batch_size": 16, "use_lora": False, "lora_rank": 5}
+    new = explore(dict(raw))
+    # resample 0: learning_rate is multiplied by 0.8 or 1.2; nothing else moves
+    assert new["learning_rate"] in (pytest.approx(8e-4), pytest.approx(1.2e-3))
+    assert {k: new[k] for k in ("batch_size", "use_lora", "lora_rank")} == {"batch_size": 16, "use_lora": False,
+                                                                           "lora_rank": 5}
+    assert "lora_alpha" not in new  # Ray's config holds sampled keys only; derived keys are recomputed in the trial
+
+
+def test_explore_is_seeded():
+    raw = {"learning_rate": 1e-3, "batch_size": 16, "use_lora": True, "lora_rank": 5}
+    a, b = _explore_fn(SPACE, None, 0.25, seed=7), _explore_fn(SPACE, None, 0.25, seed=7)
+    assert [a(dict(raw)) for _ in range(5)] == [b(dict(raw)) for _ in range(5)]
+
+
+def test_stopper_adapter_never_stops_before_min_steps_and_keeps_reason():
+    s = AdaptiveTuneStopper(AdaptiveStopper("acc", "max", patience=1, min_steps=3))
+    # no improvement from iteration 2 on; patience 1, but the clock starts at min_steps = 3
+    stops = [s("t", {"training_iteration": i, "acc": 0.5}) for i in (1, 2, 3)]
+    assert stops == [False, False, True]
+    assert "no improvement" in s.reasons["t"] and s("u", {"training_iteration": 1}) is False
+    assert s.stop_all() is False
+
+
+def test_seeds_to_ray_keeps_sampled_keys_and_validates():
+    pts = seeds_to_ray([{"learning_rate": 1e-3, "batch_size": 8, "use_lora": True, "lora_rank": 6,
+                         "lora_alpha": 12}], SPACE)
+    assert pts == [{"learning_rate": 1e-3, "batch_size": 8, "use_lora": True, "lora_rank": 6}]
+    with pytest.raises(ValueError, match="batch_size"):
+        seeds_to_ray([{"learning_rate": 1e-3, "batch_size": 12, "use_lora": False}], SPACE)
+
+
+class _Trial:
+    def __init__(self, tid, config):
+        self.trial_id, self.config = tid, config
+
+    error_file = None
+
+    def get_error(self):
+        return RuntimeError("Traceback ...\nValueError: trial config gives invalid trainer options")
+
+
+def test_callback_records_results_errors_and_survives_pickling(tmp_path):
+    import pickle
+
+    path = tmp_path / "history.json"
+    cb = StudyCallback(SPACE, path, None)
+    t = _Trial("a", {"learning_rate": 1e-3, "batch_size": 8, "use_lora": True, "lora_rank": 4})
+    cb.on_trial_start(0, [], t)
+    cb.on_trial_result(0, [], t, {"training_iteration": 1, "acc": 0.5, "time_this_iter_s": 1.0, "done": False})
+    cb.on_exploit({"trial_id": "a", "iteration": 1, "donor": "b", "old_config": {}, "new_config": {}})
+    cb.on_trial_complete(0, [], t)
+    e = _Trial("c", {"learning_rate": 1e-3, "batch_size": 8, "use_lora": False, "lora_rank": 4})
+    cb.on_trial_error(0, [], e)
+    saved = {r["trial_id"]: r for r in json.loads(path.read_text())}
+    assert saved["a"]["config"]["lora_alpha"] == 8 and saved["a"]["status"] == "finished"
+    # timings and booleans left out; report_index = arrival order over the study
+    assert saved["a"]["history"] == [{"training_iteration": 1, "acc": 0.5, "report_index": 1}]
+    assert saved["a"]["exploits"][0]["donor"] == "b"
+    assert saved["c"]["status"] == "errored" and saved["c"]["error"].startswith("ValueError: trial config")
+    assert "lora_rank" not in saved["c"]["config"]  # inactive key dropped by resolve
+    again = pickle.loads(pickle.dumps(cb))  # Ray pickles the run config; a restored callback reloads the file
+    assert again.records == saved
+
+
+def test_figures_are_written(tmp_path):
+    from app.tune.plots import plot_curves, plot_parallel
+
+    recs = [{"trial_id": "a", "status": "finished", "exploits": [{"iteration": 1, "donor": "b"}],
+             "history": [{"training_iteration": i, "m": 0.1 * i} for i in (1, 2)]},
+            {"trial_id": "b", "status": "errored", "history": [], "exploits": []}]
+    trials = [{"config": {"lr": 1e-4, "opt": "adam"}, "score": 0.2}, {"config": {"lr": 1e-2}, "score": 0.4},
+              {"config": {"lr": 1e-3}, "score": None}]
+    for path in (plot_curves(recs, "m", tmp_path / "c.png"), plot_parallel(trials, tmp_path / "p.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("sched, search", [
+    ({"type": "random"}, {"type": "random"}), ({"type": "asha", "grace_period": 1}, {"type": "tpe"}),
+    ({"type": "hyperband"}, {"type": "gp"}), ({"type": "median"}, {"type": "random"}),
+    ({"type": "pbt", "mutable": ["learning_rate"]}, {"type": "random"}), ({"type": "pb2"}, {"type": "random"}),
+])
+def test_every_scheduler_and_search_builds(sched, search):
+    from app.tune.study import parse_study
+    from jobs.tune_ray import ExploitLog, build_scheduler, build_search
+
+    cfg, space = parse_study({"name": "b", "space": SPACE.to_dict(),
+                              "scheduler": sched, "search": search, "max_t": 9})
+    s = build_scheduler(cfg, space, ExploitLog())
+    assert type(s).__name__.lower().replace("recording", "").startswith(
+        {"random": "fifo", "asha": "asynchyperband", "hyperband": "hyperband", "median": "medianstopping",
+         "pbt": "populationbased", "pb2": "pb2"}[sched["type"]])
+    assert build_search(cfg, [{"learning_rate": 1e-3}]) is not None
+
+
+def test_pb2_refuses_a_conditional_key():
+    from app.tune.study import parse_study
+    from jobs.tune_ray import ExploitLog, build_scheduler
+
+    cfg, space = parse_study({"name": "b", "space": SPACE.to_dict(),
+                              "scheduler": {"type": "pb2", "mutable": ["lora_rank"]}})
+    with pytest.raises(ValueError, match="lora_rank"):
+        build_scheduler(cfg, space, ExploitLog())
