@@ -224,22 +224,36 @@ def format_errors(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
-    """Load and validate a loop config; ``overrides`` are ``dotted.key=yaml_value`` strings."""
+def read_yaml_mapping(
+    path: str | Path, overrides: list[str] | None = None, error: type[Exception] | None = None
+) -> dict:
+    """Read a YAML file whose top level is a mapping and apply ``dotted.key=yaml_value`` overrides.
+
+    Every config loader (loop, flywheel, serve) goes through here so that a missing file, bad YAML and a bad
+    override read the same everywhere. ``error`` is the exception class raised (``ConfigError`` by default).
+    """
+    error = error or ConfigError
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
+    if not p.is_file():
+        raise error(f"config file not found: {p}")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise error(f"{p}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+        raise error(f"{p}: top level must be a mapping, got {type(raw).__name__}")
     for ov in overrides or []:
         if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key=value")
+            raise error(f"override {ov!r}: expected key=value")
         k, v = ov.split("=", 1)
         _set_dotted(raw, k.strip(), yaml.safe_load(v))
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> LoopConfig:
+    """Load and validate a loop config; ``overrides`` are ``dotted.key=yaml_value`` strings."""
+    p = Path(path)
+    raw = read_yaml_mapping(p, overrides)
     try:
         return LoopConfig.model_validate(raw)
     except ValidationError as e:

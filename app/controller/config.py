@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from app.config import ConfigError, LoopConfig, _set_dotted, format_errors
+from app.config import ConfigError, LoopConfig, format_errors, read_yaml_mapping
 from app.controller.settings import ControllerConfig
 
 __all__ = ["ControllerConfig", "load_flywheel_config"]
@@ -29,19 +28,7 @@ def load_flywheel_config(path: str | Path, overrides: list[str] | None = None) -
         ConfigError: Missing file, bad YAML, or validation problems (all listed, with dotted keys).
     """
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key=value")
-        k, v = ov.split("=", 1)
-        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+    raw = read_yaml_mapping(p, overrides)
     if "controller" in LoopConfig.model_fields:  # once LoopConfig carries the section, it validates it
         try:
             loop = LoopConfig.model_validate(raw)

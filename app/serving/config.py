@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.pool.config import SPLIT_NAMES, SourceSpec
@@ -228,17 +227,10 @@ def load_serve_config(path: str | Path) -> ServeEnsembleConfig:
     Raises:
         ServeConfigError: missing file, bad YAML, or every validation problem with its dotted key.
     """
-    from app.config import format_errors
+    from app.config import format_errors, read_yaml_mapping
 
     p = Path(path)
-    if not p.is_file():
-        raise ServeConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ServeConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ServeConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(p, error=ServeConfigError)
     try:
         return ServeEnsembleConfig.model_validate(raw)
     except ValidationError as e:
