@@ -84,13 +84,7 @@ def selection_map_png(take: Callable[[np.ndarray], np.ndarray], n: int, selected
     ax.set_ylabel("PC 2")
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8, markerscale=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log_png(path)
-    return path
+    return _save(fig, path)
 
 
 def learning_curve_png(curves: Mapping[str, tuple[Sequence[float], np.ndarray]], path: str | Path,
@@ -125,6 +119,13 @@ def learning_curve_png(curves: Mapping[str, tuple[Sequence[float], np.ndarray]],
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (parents created), close it, and log it to the active MLflow run if any."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
