@@ -81,8 +81,10 @@ class Tuner:
         import yaml
 
         cfg = StudyConfig.model_validate(yaml.safe_load((d / "study.yaml").read_text()))
-        hist = d / "history.json"
-        records = json.loads(hist.read_text()) if hist.exists() else []
+        # a staged study's trials live in its stages' studies while it runs (jobs/tune_staged.py)
+        hists = [d / "history.json"] if cfg.staged is None else [
+            d.parent / f"{name}.stage{i}" / "history.json" for i in (1, 2)]
+        records = [r for h in hists if h.exists() for r in json.loads(h.read_text())]
         out = status_counts(records, cfg.metric, cfg.mode, cfg.max_t)
         if name in self.outcome:
             out["state"] = "failed" if "error" in self.outcome[name] else "finished"

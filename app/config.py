@@ -120,6 +120,13 @@ class TrainerConfig(_Cfg):
     curriculum_c0: float = Field(0.2, gt=0, le=1, description="Share of rows available at step 0")
     curriculum_ramp: float = Field(0.5, gt=0, le=1, description="Share of the training steps until every row is available (scheduled pacings)")
     curriculum_replay: float = Field(0.0, ge=0, le=1, description="Extra easy rows replayed, as a share of the available rows (against forgetting)")
+    pipeline_stages: int = Field(1, ge=1, description="Pipeline-parallel stages (DeepSpeed PipelineModule; sft on Llama/GPT-2 models; needs zero_stage 0 or 1)")
+    tensor_parallel: int = Field(1, ge=1, description="Tensor-parallel degree (DeepSpeed AutoTP, tensor_parallel.autotp_size; sft; zero_stage 0-2)")
+    parallel_plan: Literal["manual", "auto"] = Field("manual", description="manual: pipeline_stages × tensor_parallel as given; auto: app.train.planner picks dp × tp × pp from the model and device memory")
+    device_memory_gb: float | None = Field(None, gt=0, description="auto plan: memory of one device in GB; None: the GPU's, or the machine's RAM / num_workers on CPU")
+    gpus_per_node: int = Field(8, ge=1, description="auto plan: devices per node (tensor parallelism stays inside one node)")
+    loader_workers: int = Field(0, ge=0, description="Data-loader worker processes building micro-batches ahead of the loop (0: in the loop)")
+    peak_tflops: float | None = Field(None, gt=0, description="MFU: peak TFLOP/s of one device at the training precision; None: looked up from the GPU name (MFU is logged only with CUDA)")
 
     @model_validator(mode="after")
     def _elastic_range(self) -> "TrainerConfig":
@@ -131,6 +138,17 @@ class TrainerConfig(_Cfg):
             raise ValueError(f"trainer.grad_compression={self.grad_compression!r} needs trainer.engine='torch' (DDP)")
         if self.profile_steps[0] > self.profile_steps[1] or self.profile_steps[0] < 1:
             raise ValueError(f"trainer.profile_steps={list(self.profile_steps)}: need 1 <= first <= last")
+        if self.pipeline_stages > 1 and self.zero_stage >= 2:
+            raise ValueError(f"trainer.pipeline_stages={self.pipeline_stages} needs trainer.zero_stage 0 or 1 "
+                             f"(DeepSpeed's pipeline engine rejects ZeRO-{self.zero_stage}); set trainer.zero_stage=1")
+        if self.tensor_parallel > 1 and self.zero_stage == 3:
+            raise ValueError(f"trainer.tensor_parallel={self.tensor_parallel} needs trainer.zero_stage 0-2 "
+                             f"(DeepSpeed AutoTP does not combine with ZeRO-3)")
+        if self.loader_workers and self.curriculum == "adaptive":
+            raise ValueError("trainer.loader_workers > 0 cannot prefetch with trainer.curriculum='adaptive' "
+                             "(each batch depends on the losses before it); set loader_workers=0")
+        if (self.pipeline_stages > 1 or self.tensor_parallel > 1) and self.engine != "deepspeed":
+            raise ValueError("trainer.pipeline_stages / tensor_parallel > 1 need trainer.engine='deepspeed'")
         return self
 
 

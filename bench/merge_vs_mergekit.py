@@ -2,7 +2,7 @@
 
 mergekit lives only in a separate bench venv (never a project dependency)::
 
-    python -m venv /tmp/mkvenv && /tmp/mkvenv/bin/pip install torch==2.13.0 && /tmp/mkvenv/bin/pip install mergekit
+    python -m venv /tmp/mkvenv && /tmp/mkvenv/bin/pip install torch==2.13.0 && /tmp/mkvenv/bin/pip install mergekit==0.1.5
     nice -n 10 .venv/bin/python bench/merge_vs_mergekit.py --mergekit /tmp/mkvenv/bin/mergekit-yaml
 
 Inputs (built once under ``--work``):
@@ -229,7 +229,7 @@ def run_suite(label: str, models: dict[str, str], methods: list[str], dtype: str
         mk_cmd = [args.mergekit, str(cfg), str(d / "mergekit"), "--no-write-model-card", "--random-seed", "0",
                   "--quiet"]
         order = [("ours", ours_cmd), ("mergekit", mk_cmd)]
-        if k % 2:
+        if (k + (args.first == "mergekit")) % 2:
             order.reverse()
         row: dict = {}
         for who, cmd in order:
@@ -255,6 +255,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/merge_bench", help="inputs and outputs (several GB for --big)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods for SmolLM2")
     p.add_argument("--big-methods", default="linear,ties", help="methods for the ~1B model ('' to skip it)")
+    p.add_argument("--first", choices=["ours", "mergekit"], default="ours",
+                   help="tool that runs first for the first method (then the order alternates)")
     p.add_argument("--keep", action="store_true", help="keep merged outputs")
     p.add_argument("--out", default=str(ROOT / "bench/results/merge_vs_mergekit.json"))
     args = p.parse_args()
@@ -272,16 +274,11 @@ def main() -> None:
 
     def save() -> None:
         result["load_average_now"] = os.getloadavg()
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)  # a run cut mid-write keeps the previous rows
 
-    methods = [m for m in args.methods.split(",") if m]
-    if methods:
-        models = build_smollm2(work)
-        from app.merge.io import ModelFiles
-
-        n = sum(torch.Size(m.shape).numel() for m in ModelFiles.open("base", models["base"]).tensors.values())
-        suite = result["suites"]["smollm2_135m"] = {"params": n, "dtype": "float32", "results": {}}
-        run_suite("smollm2", models, methods, "float32", work, args, suite["results"], save)
+    # the ~1B suite first: it carries the time target, and a run cut short keeps its rows
     big = [m for m in args.big_methods.split(",") if m]
     if big:
         t0 = time.perf_counter()
@@ -291,6 +288,14 @@ def main() -> None:
                                                     "build_seconds": round(time.perf_counter() - t0, 1),
                                                     "results": {}}
         run_suite("big", models, big, "bfloat16", work, args, suite["results"], save)
+    methods = [m for m in args.methods.split(",") if m]
+    if methods:
+        models = build_smollm2(work)
+        from app.merge.io import ModelFiles
+
+        n = sum(torch.Size(m.shape).numel() for m in ModelFiles.open("base", models["base"]).tensors.values())
+        suite = result["suites"]["smollm2_135m"] = {"params": n, "dtype": "float32", "results": {}}
+        run_suite("smollm2", models, methods, "float32", work, args, suite["results"], save)
     save()
     print(json.dumps({s: {m: {k: r[k] for k in ("time_ratio", "cpu_ratio", "rss_ratio")}
                           for m, r in v["results"].items()}

@@ -17,7 +17,7 @@ from app.tune.study import StudyConfig
 
 KIND_TAG, STUDY_TAG, FEATURES_TAG, BEST_TAG = "flywheel.kind", "flywheel.study", "flywheel.task_features", \
     "flywheel.best_configs"
-SEEDED_TAG = "flywheel.warm_start_from"
+SEEDED_TAG, NARROWED_TAG = "flywheel.warm_start_from", "flywheel.narrowed_ranges"
 
 
 def _client(cfg: StudyConfig):
@@ -120,6 +120,20 @@ def log_study(cfg: StudyConfig, space: SearchSpace, result: dict, records: list[
             client.log_dict(cid, rec["exploits"], "exploits.json")
         client.set_terminated(cid, "FAILED" if t["status"] == "errored" else "FINISHED")
     client.set_terminated(pid, "FINISHED")
+    return pid
+
+
+def log_narrowing(cfg: StudyConfig, narrowing: dict[str, Any]) -> str | None:
+    """Attach how a staged study narrowed its space to the parent run of stage 2 (`cfg`): the ranges as the
+    tag `flywheel.narrowed_ranges` (one line per key) and the full record as `narrowing.json`."""
+    client, exp = _client(cfg)
+    runs = client.search_runs([exp], filter_string=f"tags.`{KIND_TAG}` = 'tune_study' and "
+                                                   f"tags.`{STUDY_TAG}` = '{cfg.name}'", max_results=1)
+    if not runs:
+        return None
+    pid = runs[0].info.run_id
+    client.set_tag(pid, NARROWED_TAG, "\n".join(narrowing["log"])[:5000])
+    client.log_dict(pid, narrowing, "narrowing.json")
     return pid
 
 

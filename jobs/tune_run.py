@@ -74,6 +74,10 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
     Progress is in `studies/<name>/history.json` while it runs (what the Tuner actor's status() reads).
     `claimed`: the caller already ran `claim_name` (True: resuming, False: new study).
     """
+    if cfg.staged is not None:  # two studies, coarse then Bayesian (jobs/tune_staged.py)
+        from jobs.tune_staged import run_staged
+
+        return run_staged(cfg, space, resume=resume, claimed=claimed)
     import dataclasses
     import os
 
@@ -88,8 +92,8 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
     from app.tune.task_data import describe_task
     from app.tune.trial_params import max_warmup_ratio
     from jobs import tune_mlflow
-    from jobs.tune_ray import AdaptiveTuneStopper, ExploitLog, StudyCallback, build_scheduler, build_search, \
-        seeds_to_ray
+    from jobs.tune_ray import AdaptiveTuneStopper, ExploitLog, StudyCallback, TargetStopper, build_scheduler, \
+        build_search, seeds_to_ray
     from jobs.tune_space_ray import to_ray_tune
     from jobs.tune_trainable import tune_trial
 
@@ -112,7 +116,8 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
                                                       s.early_phase_end, s.late_phase_start, s.min_steps, warm))
     history = d / "history.json"
     old = {r["trial_id"]: r for r in json.loads(history.read_text())} if resuming and history.exists() else {}
-    callback = StudyCallback(space, history, stopper, old)
+    run_stop = stopper if cfg.target is None else TargetStopper(cfg.metric, cfg.mode, cfg.target, stopper)
+    callback = StudyCallback(space, history, run_stop, old)
     log = ExploitLog()
     log.listeners.append(callback.on_exploit)
     trainable = tune.with_resources(
@@ -131,9 +136,10 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
             param_space=to_ray_tune(space),
             tune_config=TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
                                    scheduler=build_scheduler(cfg, space, log),
-                                   search_alg=build_search(cfg, seeds_to_ray(seeds, space))),
+                                   search_alg=build_search(cfg, seeds_to_ray(seeds, space)),
+                                   reuse_actors=cfg.trainer.reuse_actors),
             run_config=RunConfig(
-                name=cfg.name, storage_path=storage, stop=stopper, callbacks=[callback], verbose=0,
+                name=cfg.name, storage_path=storage, stop=run_stop, callbacks=[callback], verbose=0,
                 failure_config=FailureConfig(max_failures=0),
                 # PBT restores donors' checkpoints: keep one per member of the population (FINDINGS)
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints or (

@@ -171,6 +171,8 @@ def lineage_chain(model: str, version: str | int, get_version_tags: TagLookup, m
             "run_id": tags.get(PREFIX + "run_id"),
             "data_version": tags.get(PREFIX + "data_version"),
             "label_version": label,
+            # how the version's canary rollout ended (promoted / rolled_back / pending), where it had one
+            **({"canary": tags[PREFIX + "canary_outcome"]} if PREFIX + "canary_outcome" in tags else {}),
             "parents": [],
         }
 

@@ -40,6 +40,22 @@ class FeedbackConfig(BaseModel):
     n_clusters: int = Field(5, ge=1, description="k-means clusters of failures written as guideline-review items")
 
 
+class CanaryDeployConfig(BaseModel):
+    """How the deploy stage rolls a new version out through an ensemble endpoint's canary (jobs.serve_up)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_config: str | None = Field(
+        None, description="Serve ensemble YAML with a member sourced models:/<tracking.registered_model>@champion; "
+        "None: deploy registers the version as champion (and serves it directly when serve.enabled)")
+    wait_s: float = Field(600.0, ge=0, description="Longest wait in the deploy stage for promotion or rollback; "
+                          "after it the outcome is 'pending' and the canary goes on with live traffic")
+    replay_test: int = Field(0, ge=0, description="Labelled test items the deploy stage posts (and labels via "
+                             "/feedback) in a loop to drive the canary when there is no live traffic; 0: none")
+    token_env: str | None = Field(None, description="Env var with the endpoint's bearer token for the replay "
+                                  "(None: the endpoint's http.auth_token_env)")
+
+
 class ControllerConfig(BaseModel):
     """How the Controller actor runs and when it starts an iteration."""
 
@@ -48,6 +64,7 @@ class ControllerConfig(BaseModel):
     triggers: TriggerConfig = Field(default_factory=TriggerConfig, description="When to start an iteration (app.controller.triggers)")
     online: OnlineSignalConfig = Field(default_factory=OnlineSignalConfig, description="Online metric for the degraded trigger")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Evaluation feedback to selection and review")
+    canary: CanaryDeployConfig = Field(default_factory=CanaryDeployConfig, description="Deploys through an endpoint's canary")
     poll_seconds: float = Field(30.0, gt=0, description="Seconds between trigger checks while idle")
     actor_name: str = Field("Controller", min_length=1, description="Name of the Controller actor in the Ray namespace")
     num_cpus: float = Field(0.25, gt=0, description="CPUs reserved by the Controller actor (fractional: it mostly waits)")

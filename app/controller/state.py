@@ -130,7 +130,8 @@ def complete(
 ) -> IterationState:
     """Record that ``stage`` finished with ``outputs``; optional stages passed over are skipped.
 
-    Completing ``decide`` also sets ``last_decision``; completing the last stage sets the
+    Completing ``decide`` also sets ``last_decision`` (a ``deploy`` output's ``canary`` outcome is added to
+    it); completing the last stage sets the
     status back to ``idle``.
 
     Args:
@@ -179,7 +180,10 @@ def complete(
             "stage_index": idx + 1,
             "completed": {**state.completed, stage: outputs},
             "skipped": [*state.skipped, *passed_over],
-            "last_decision": outputs if stage == "decide" else state.last_decision,
+            # the deploy stage's canary outcome belongs to the decision it carried out
+            "last_decision": outputs if stage == "decide" else (
+                {**(state.last_decision or {}), "canary": outputs["canary"]}
+                if stage == "deploy" and "canary" in outputs else state.last_decision),
             "status": "idle" if finished else "running",
             "updated_at": _now(now),
         }

@@ -95,6 +95,23 @@ def execute_task(task: TensorTask) -> torch.Tensor:
     return out.to(getattr(torch, task.out_dtype)).contiguous()
 
 
+def prefetched(tasks: Iterable[TensorTask]) -> Iterator[TensorTask]:
+    """Yield ``tasks`` in order, starting the disk reads of task k+1 when task k is handed out.
+
+    ``map`` pulls task k just before computing it, so the kernel fetches the next inputs while task k is
+    merged: reading and merging overlap without a second thread or a second tensor in memory.
+    """
+    it = iter(tasks)
+    nxt = next(it, None)
+    while nxt is not None:
+        task, nxt = nxt, next(it, None)
+        if nxt is not None:
+            for ref in (nxt.base, *nxt.inputs):
+                if ref is not None:
+                    io.prefetch(ref.path, ref.name)
+        yield task
+
+
 def bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
     """``map`` over a thread pool, in order, with at most ``workers`` results alive at once.
 
@@ -146,7 +163,8 @@ def run_merge(
         from tqdm import tqdm
 
         with tqdm(total=len(plan.tasks), desc="merging", unit="tensor", disable=not progress) as bar:
-            for task, tensor in zip(plan.tasks, mapper(execute_task, plan.tasks)):
+            tasks = prefetched(plan.tasks) if map_fn is None else plan.tasks  # Ray workers read elsewhere
+            for task, tensor in zip(plan.tasks, mapper(execute_task, tasks)):
                 writer.write(task.info.name, tensor)
                 bar.update()
         index = writer.close()

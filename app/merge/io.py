@@ -8,6 +8,7 @@ dtypes); ``load_tensor`` then reads a single tensor when the merge needs it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -132,6 +133,38 @@ class ModelFiles:
         return int(n), int(c.get("num_key_value_heads") or n), int(c.get("head_dim") or c["hidden_size"] // n)
 
 
+def token_table(root: str | Path) -> list[str | None] | None:
+    """Token of each id (index = id) of the tokenizer in a model directory; None when it has none we can read.
+
+    Read from ``tokenizer.json`` (``model.vocab`` as a dict for BPE / WordPiece / WordLevel or a list of
+    ``[piece, score]`` for Unigram, plus ``added_tokens``), else ``vocab.json``, else ``vocab.txt``. Ids
+    with no token are None. A sentencepiece ``tokenizer.model`` alone is not parsed (returns None).
+    """
+    root = Path(root)
+    ids: dict[int, str] = {}
+    try:
+        if (root / "tokenizer.json").is_file():
+            data = json.loads((root / "tokenizer.json").read_text())
+            vocab = (data.get("model") or {}).get("vocab")
+            if isinstance(vocab, dict):
+                ids.update({int(i): t for t, i in vocab.items()})
+            elif isinstance(vocab, list):
+                ids.update({i: (v[0] if isinstance(v, list) else str(v)) for i, v in enumerate(vocab)})
+            ids.update({int(a["id"]): a["content"] for a in data.get("added_tokens") or []})
+        elif (root / "vocab.json").is_file():
+            ids.update({int(i): t for t, i in json.loads((root / "vocab.json").read_text()).items()})
+        elif (root / "vocab.txt").is_file():
+            ids.update(enumerate((root / "vocab.txt").read_text(encoding="utf-8").splitlines()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise MergeInputError(f"{root}: cannot read the tokenizer's vocabulary ({e})") from e
+    if not ids:
+        return None
+    table: list[str | None] = [None] * (max(ids) + 1)
+    for i, t in ids.items():
+        table[i] = t
+    return table
+
+
 @lru_cache(maxsize=256)
 def _header(path: str) -> tuple[dict, int]:
     """(JSON header, byte offset of the data section) of a safetensors file."""
@@ -171,6 +204,27 @@ def load_tensor(path: str, name: str) -> torch.Tensor:
                 raise MergeInputError(f"{path}: file ends inside tensor {name!r} (truncated download?)")
             done += got
     return buf.view(dtype).reshape(meta["shape"])
+
+
+def prefetch(path: str, name: str) -> None:
+    """Ask the kernel to start reading one tensor's bytes into the page cache, without waiting for them.
+
+    ``posix_fadvise(WILLNEED)`` queues asynchronous readahead, so the disk reads the next tensor while
+    the CPU merges the current one; the pages live in the page cache, not in this process's memory (our
+    reads are ``readinto`` copies, not maps), so peak RSS does not change. A no-op where the call is missing.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    header, start = _header(path)
+    meta = header.get(name)
+    if meta is None:
+        return
+    begin, end = meta["data_offsets"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, start + begin, end - begin, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
 
 
 def release_handles() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from app.merge import registry
+from app.merge import io, registry
 from app.merge.config import MergeConfig, SliceEntry, SliceSource
 from app.merge.errors import MergeConfigError, MergeInputError
 from app.merge.io import DTYPE_NAMES, ST_DTYPES, ModelFiles, TensorMeta, split_layer_name
@@ -86,6 +86,41 @@ def _is_pre(name: str) -> bool:
     return "embed" in name or name.split(".")[-2:-1] in (["wte"], ["wpe"])
 
 
+def _check_same_tokens(models: dict[str, ModelFiles]) -> None:
+    """Equal vocab sizes are not enough: row i of every embedding must be the same token in every model.
+
+    Merging rows of different tokens silently corrupts the merged embeddings, so any id that two models'
+    tokenizers map to different tokens is an error; a longer vocabulary that only appends tokens (what
+    ``embed_resize: pad`` handles) passes. Models whose tokenizer files are byte-identical are not parsed.
+    """
+    import hashlib
+
+    def digest(root: Path) -> bytes:
+        h = hashlib.sha1()
+        for f in ("tokenizer.json", "vocab.json", "vocab.txt"):
+            if (root / f).is_file():
+                h.update(f.encode() + (root / f).read_bytes())
+        return h.digest()
+
+    seen: dict[bytes, str] = {}
+    for name, m in models.items():
+        seen.setdefault(digest(m.path), name)
+    if len(seen) < 2:
+        return
+    tables = {n: t for n in seen.values() if (t := io.token_table(models[n].path)) is not None}
+    if len(tables) < 2:
+        return
+    (ref, a), *rest = tables.items()
+    for name, b in rest:
+        for i in range(min(len(a), len(b))):
+            if a[i] != b[i]:
+                raise MergeInputError(
+                    f"tokenizers differ: token id {i} is {a[i]!r} in {ref!r} but {b[i]!r} in {name!r}; merged "
+                    "embedding rows would mix different tokens (models must share a tokenizer; embed_resize: "
+                    "pad only covers vocabularies that append tokens)"
+                )
+
+
 def build_plan(cfg: MergeConfig, stats_paths: dict[str, str] | None = None) -> MergePlan:
     """Read every model's headers, check they can be merged, and list one task per output tensor.
 
@@ -112,6 +147,7 @@ def build_plan(cfg: MergeConfig, stats_paths: dict[str, str] | None = None) -> M
                 f"vocab sizes differ: {vocab}; set embed_resize: pad to pad embeddings to the largest"
             )
         vocab_target = max(v for v in vocab.values() if v)
+    _check_same_tokens(models)
     slices = cfg.to_slices(lambda n: models[n].num_layers)
     for i, sl in enumerate(slices):
         for s in sl.sources:

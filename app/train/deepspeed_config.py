@@ -52,4 +52,8 @@ def build_deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, w
         # DeepSpeed wants to know an optimizer it did not build may not be one it knows.
         "zero_allow_untested_optimizer": True,
     }
+    if offload_optimizer:
+        # DeepSpeed 0.19 refuses a torch optimizer under optimizer offload unless told otherwise
+        # (ZeRORuntimeException, zero_force_ds_cpu_optimizer defaults to True); torch AdamW steps on CPU fine.
+        cfg["zero_force_ds_cpu_optimizer"] = False
     return _merge(cfg, overrides or {})

@@ -55,7 +55,7 @@ class TorchEngine:
     def __init__(self, model, optimizer, scheduler, grad_accum: int, grad_clip: float, ddp=None, rank: int = 0):
         self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.grad_accum, self.grad_clip, self.micro_steps = grad_accum, grad_clip, 0
-        self.ddp, self.rank = ddp, rank
+        self.ddp, self.rank, self.dp_rank = ddp, rank, rank
 
     def __call__(self, *a, **k):
         if self.ddp is None:
@@ -108,9 +108,14 @@ class DeepSpeedEngine:
 
     kind = "deepspeed"
 
-    def __init__(self, ds_engine, zero_stage: int, rank: int):
-        self.ds, self.zero_stage, self.rank = ds_engine, zero_stage, rank
+    def __init__(self, ds_engine, zero_stage: int, rank: int, tp: int = 1):
+        self.ds, self.zero_stage, self.rank, self.tp = ds_engine, zero_stage, rank, tp
         self.module = ds_engine.module
+        self.dp_rank = rank  # which share of the global batch this rank reads
+        if tp > 1:  # the ranks of one AutoTP group read the same batch: ask DeepSpeed which group this is
+            from deepspeed.utils import groups
+
+            self.dp_rank = groups.get_data_parallel_rank()
 
     def __call__(self, *a, **k):
         return self.ds(*a, **k)
@@ -153,6 +158,9 @@ class DeepSpeedEngine:
     def gathered(self) -> Iterator[dict | None]:
         import deepspeed
 
+        if self.tp > 1:
+            yield from self._gathered_tp()
+            return
         params = list(self.module.parameters())
         ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3 \
             else contextlib.nullcontext()
@@ -160,12 +168,32 @@ class DeepSpeedEngine:
             yield ({k: v.detach().clone() for k, v in self.module.state_dict().items()}
                    if self.rank == 0 else None)
 
+    def _gathered_tp(self) -> Iterator[dict | None]:
+        """AutoTP: every rank joins the all-gather of the weight shards; rank 0 gets the full weights in a
+        fresh copy of the Hugging Face model, which stands in for ``module`` (export) inside the context."""
+        sd = self.ds._replace_module_consolidated_state_dict()  # collective; parameters only, rank 0 only
+        if self.rank != 0:
+            yield None
+            return
+        full = type(self.module)(self.module.config)
+        missing, unexpected = full.load_state_dict(sd, strict=False)
+        persistent = {k for k in full.state_dict() if k not in dict(full.named_parameters(remove_duplicate=False))}
+        if unexpected or set(missing) - persistent:
+            raise RuntimeError(f"AutoTP gather: missing {sorted(set(missing) - persistent)}, unexpected {unexpected}")
+        sharded, self.module = self.module, full
+        try:
+            yield {k: v.detach().clone() for k, v in full.state_dict().items()}
+        finally:
+            self.module = sharded
+
 
 def make_engine(model, groups: list[dict], trainer: dict[str, Any], world: int, rank: int, grad_accum: int,
-                total: int, offset: int, universal: bool = False):
+                total: int, offset: int, universal: bool = False, pp: int = 1, tp: int = 1):
     """AdamW + warm-up/decay schedule, wrapped by DeepSpeed (``engine: deepspeed``) or plain torch.
 
     ``universal``: the engine will load a universal checkpoint (DeepSpeed must know at initialize).
+    ``pp`` / ``tp``: pipeline stages (app.train.pipeline) and AutoTP size; the DeepSpeed batch arithmetic
+    counts the ``world / pp`` pipeline replicas (DeepSpeed's batch check includes AutoTP ranks).
     """
     from app.train.deepspeed_config import build_deepspeed_config
 
@@ -195,15 +223,31 @@ def make_engine(model, groups: list[dict], trainer: dict[str, Any], world: int, 
     import deepspeed
 
     ensure_process_group()
-    cfg = build_deepspeed_config(trainer["zero_stage"], trainer["micro_batch_size"], grad_accum, world,
+    if world % (pp * tp):
+        raise ValueError(f"pipeline stages {pp} × tensor parallel {tp} must divide the world size {world}")
+    # the pipeline engine checks the batch against its data-parallel replicas; without one DeepSpeed counts
+    # every rank, AutoTP's included (4 != 2 * 2 * 2 otherwise, with tp=2 on 2 ranks)
+    cfg = build_deepspeed_config(trainer["zero_stage"], trainer["micro_batch_size"], grad_accum, world // pp,
                                  grad_clip=trainer["grad_clip"], precision=option(trainer, "precision"),
                                  offload_optimizer=option(trainer, "offload_optimizer"),
                                  offload_params=option(trainer, "offload_params"), overrides=trainer["deepspeed"])
     if universal:
         cfg["checkpoint"] = {**cfg.get("checkpoint", {}), "load_universal": True}
+    if pp > 1:
+        if tp > 1:
+            raise ValueError("pipeline and tensor parallelism together (3D) are not wired: set "
+                             "trainer.pipeline_stages or trainer.tensor_parallel to 1")
+        from app.train.pipeline import make_pipe_engine
+
+        return make_pipe_engine(model, trainer, world, rank, grad_accum, total, offset, cfg, pp)
+    if tp > 1:
+        # DeepSpeed AutoTP (training, DeepSpeed >= 0.16.4): deepspeed.initialize shards the Linear layers
+        # vocab_parallel_lm_head False: a column-parallel head that gathers full logits, because our losses
+        # take the whole vocabulary (a tied head would otherwise return only this rank's vocabulary shard)
+        cfg["tensor_parallel"] = {"vocab_parallel_lm_head": False, **cfg.get("tensor_parallel", {}), "autotp_size": tp}
     ds, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=cfg,
                                        dist_init_required=False)
-    return DeepSpeedEngine(ds, trainer["zero_stage"], rank)
+    return DeepSpeedEngine(ds, trainer["zero_stage"], rank, tp=tp)
 
 
 COMPRESSIONS = ("none", "powersgd", "topk")

@@ -27,13 +27,14 @@ from pathlib import Path
 MODES = ("same", "replicated", "universal", "weights")
 
 
-def resume_mode(meta: dict | None, kind: str, world: int, engine: str, zero_stage: int) -> str | None:
+def resume_mode(meta: dict | None, kind: str, world: int, engine: str, zero_stage: int, pp: int = 1,
+                tp: int = 1) -> str | None:
     """How to resume from a checkpoint whose meta.json is ``meta`` (None: nothing to resume).
 
     Args:
         meta: the checkpoint's meta (world_size, engine, zero_stage) or None.
         kind: "full" for a verified checkpoint, "weights" for the kept best (weights only).
-        world, engine, zero_stage: this run's layout.
+        world, engine, zero_stage, pp, tp: this run's layout (pipeline stages, tensor-parallel degree).
 
     Returns:
         One of :data:`MODES`, or None when there is nothing to resume.
@@ -41,6 +42,11 @@ def resume_mode(meta: dict | None, kind: str, world: int, engine: str, zero_stag
     if meta is None:
         return None
     if kind != "full" or meta["engine"] != engine or int(meta["zero_stage"]) != int(zero_stage):
+        return "weights"
+    layout_changed = (int(meta.get("pp", 1)), int(meta.get("tp", 1))) != (pp, tp)
+    if layout_changed or (pp * tp > 1 and int(meta["world_size"]) != world):
+        # stage files hold layers, AutoTP files hold weight shards: neither re-partitions (universal
+        # checkpoints cover ZeRO's data-parallel partitions only), so start from the gathered weights
         return "weights"
     if int(meta["world_size"]) == world:
         return "same"

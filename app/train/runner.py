@@ -7,6 +7,10 @@ grad_accum = global_batch / (micro_batch × world) (app.train.elastic), so the o
 batch whatever the world size. A micro-batch whose loss is NaN/inf on any rank is skipped on every
 rank (no backward: the update never sees it) and counted; ``max_nan_steps`` in a row abort the run,
 whose checkpoints all predate the divergence.
+
+Model parallelism (app.train.layout): ranks of one pipeline (app.train.pipeline) or one AutoTP group read
+the same micro-batches, so the batch arithmetic counts data-parallel replicas, ``world / (pp·tp)``; under
+pipeline stages one ``engine.train_batch`` runs a step's grad_accum micro-batches and the optimiser step.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from app.train.bad_input import NanGuard
 from app.train.data import shard_indices
 from app.train.elastic import grad_accum_for
 from app.train.engine import make_engine
+from app.train.layout import choose_layout
+from app.train.loader import MicroBatches
 from app.train.profiling import StepProfiler
 from app.train.reshard import resume_mode
 from app.train.spec import TrainSpec, option
@@ -81,6 +87,26 @@ def _mean_over_ranks(values: dict[str, float], world: int) -> dict[str, float]:
     return {k: float(v) / world for k, v in zip(keys, t.tolist())}
 
 
+def _mfu_terms(t: dict, model, seq_len: int, hooks: Hooks) -> tuple[float | None, float]:
+    """(training FLOPs per token, peak FLOP/s per device) for MFU, or (None, 0) without CUDA or a known peak.
+
+    Only CUDA devices are counted: a CPU has no meaningful dense peak to compare with.
+    """
+    if not torch.cuda.is_available():
+        return None, 0.0
+    from app.train.layout import model_shape
+    from app.train.mfu import flops_per_token, peak_flops
+
+    name = torch.cuda.get_device_name(0)
+    peak = peak_flops(name, option(t, "precision"), option(t, "peak_tflops"))
+    if peak is None:
+        hooks.say(f"[train] MFU not logged: peak FLOP/s of {name!r} unknown; set trainer.peak_tflops")
+        return None, 0.0
+    s = model_shape(model)
+    # seq_len: the token budget; trimmed batches are shorter, so the attention term is an upper bound
+    return flops_per_token(s["params"], int(s["layers"]), int(s["hidden"]), seq_len), peak
+
+
 def _peak_rss_mb() -> float:
     import resource
 
@@ -96,21 +122,24 @@ class Plan:
     G only, not on the world size, so a run resumed on another number of workers sees the same batches.
     """
 
-    def __init__(self, spec: TrainSpec, n: int, world: int, difficulty: np.ndarray | None = None):
+    def __init__(self, spec: TrainSpec, n: int, world: int, difficulty: np.ndarray | None = None,
+                 dp: int | None = None):
         t = spec.trainer
+        dp = dp or world  # data-parallel replicas: pipeline stages / tensor-parallel ranks of one share a batch
         self.t = t
         self.pacing = option(t, "curriculum")
         if self.pacing != "none" and (difficulty is None or len(difficulty) != n):
             raise ValueError(f"trainer.curriculum={self.pacing!r} needs one difficulty per row ({n})")
         self.difficulty = difficulty
         self.mb = t["micro_batch_size"]
-        self.global_batch = option(t, "global_batch_size") or self.mb * t["grad_accum"] * t["num_workers"]
-        self.ga = grad_accum_for(self.global_batch, self.mb, world)
+        self.global_batch = (option(t, "global_batch_size")
+                             or self.mb * t["grad_accum"] * max(1, t["num_workers"] * dp // world))
+        self.ga = grad_accum_for(self.global_batch, self.mb, dp)
         if n < 1:
             raise ValueError("no training rows")
         self.steps_per_epoch = max(1, n // self.global_batch)  # world-independent: a resize keeps the step count
         self.total = t["max_steps"] or max(1, math.ceil(t["epochs"] * self.steps_per_epoch))
-        self.n, self.world = n, world
+        self.n, self.world, self.dp = n, world, dp
 
     def indices(self, k: int, rank: int, seed: int, losses: list[float] | None = None) -> tuple[list[int], int]:
         """Rows of this rank's k-th micro-batch (k counts this rank's micro-batches) and its epoch.
@@ -171,7 +200,11 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
     if option(t, "curriculum") != "none":
         difficulty = (np.asarray(spec.difficulty, dtype=np.float64) if spec.difficulty is not None
                       else row_tokens(feats))  # default: longer rows are harder
-    plan = Plan(spec, info["rows"], world, difficulty)
+    layout = choose_layout(t, model, world, spec.max_length)
+    if layout.pp * layout.tp > 1 and spec.task != "sft":
+        raise ValueError(f"pipeline / tensor parallelism (pp={layout.pp}, tp={layout.tp}) run task 'sft' only; "
+                         f"got task {spec.task!r}")
+    plan = Plan(spec, info["rows"], world, difficulty, dp=layout.dp)
     root = Path(spec.ckpt_root) if spec.ckpt_root else None
     found, kind, skipped = rc.find_resume(hooks.latest(), root)
     meta = rc.read_meta(found) if found else None
@@ -182,14 +215,22 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
     start = int(meta["step"]) if meta else 0
     if spec.task == "dpo" and option(t, "dpo_reference") == "precompute" and spec.ref_chosen_logps is None:
         task.precompute(model, feats)  # the start model is π_ref: score before any weight is loaded
-    mode = resume_mode(meta, kind, world, option(t, "engine"), t["zero_stage"])
+    mode = resume_mode(meta, kind, world, option(t, "engine"), t["zero_stage"], pp=layout.pp, tp=layout.tp)
     if mode == "weights":
         model.load_state_dict(rc.load_weights(found))
         why = ("only the kept best verified" if kind == "weights" else
-               f"engine {meta['engine']} → {option(t, 'engine')} / ZeRO {meta['zero_stage']} → {t['zero_stage']}")
+               f"engine {meta['engine']} → {option(t, 'engine')} / ZeRO {meta['zero_stage']} → {t['zero_stage']} / "
+               f"pp×tp {meta.get('pp', 1)}×{meta.get('tp', 1)} → {layout.pp}×{layout.tp} at world "
+               f"{meta['world_size']} → {world}")
         hooks.say(f"[train] resuming weights only from {found} ({why}); optimiser state starts fresh")
     engine = make_engine(model, task.param_groups(model), t, world, rank, plan.ga, plan.total, offset=start,
-                         universal=mode == "universal")
+                         universal=mode == "universal", pp=layout.pp, tp=layout.tp)
+    drank = engine.dp_rank  # which share of the global batch this rank reads
+    if layout.source == "planner" or layout.pp * layout.tp > 1:
+        hooks.say(f"[train] rank {rank}: layout dp={layout.dp} × tp={layout.tp} × pp={layout.pp} "
+                  f"({layout.source}): {layout.reason}")
+        if meta is None or (meta.get("pp", 1), meta.get("tp", 1)) != (layout.pp, layout.tp):
+            events.append({**layout.as_event(world), "step": start})
     k = start * plan.ga  # this rank's micro-batch counter: the data position follows from it
     if mode in ("same", "replicated", "universal"):
         client = engine.load_state(found, mode)
@@ -205,7 +246,7 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
         hooks.say(f"[train] rank {rank}: resumed from {found} at step {start}")
     if meta is None or meta.get("world_size") != world or meta.get("grad_accum") != plan.ga:
         msg = (f"world size {world}: grad_accum {plan.ga} keeps the global batch at {plan.global_batch} "
-               f"(= micro_batch {plan.mb} × {world} workers × {plan.ga})")
+               f"(= micro_batch {plan.mb} × {plan.dp} data-parallel workers × {plan.ga})")
         hooks.say(f"[train] {msg}")
         events.append({"event": "batch_plan", "world_size": world, "grad_accum": plan.ga,
                        "global_batch": plan.global_batch, "step": start})
@@ -218,13 +259,30 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
     # new options (not yet TrainerConfig fields): torch.profiler trace of a few steps, comm share printed
     prof_steps = option(t, "profile_steps")
     profiler = StepProfiler(option(t, "profile_dir"), rank, int(prof_steps[0]), int(prof_steps[1]))
+    flops, peak = _mfu_terms(t, model, spec.max_length, hooks)
+
+    def make(kk: int) -> tuple[dict, int]:  # this rank's micro-batch kk (a pure function of kk, see Plan)
+        idx, ep = plan.indices(kk, drank, t["seed"], [h["loss"] for h in history] if plan.pacing == "adaptive" else None)
+        return task.batch(feats, idx), ep
+
+    source = MicroBatches(make, k, int(option(t, "loader_workers")))
     for step in range(start, plan.total):
         profiler.before(step + 1)
         ts, done, tokens, loss_sum, sums = time.time(), 0, 0, 0.0, {}
+        if engine.kind == "pipeline":  # one train_batch = grad_accum micro-batches through the stages + one step
+            picks = [source.next() for _ in range(plan.ga)]
+            k, epoch = k + plan.ga, picks[-1][1]
+            bs = [b for b, _ in picks]
+            loss = engine.train_batch(bs)
+            if not bool(torch.isfinite(loss)):
+                # the pipeline engine applies the step inside train_batch: there is nothing left to skip
+                raise FloatingPointError(f"step {step + 1}: non-finite loss {float(loss)} under pipeline "
+                                         f"parallelism, where a micro-batch cannot be skipped; the run stops "
+                                         f"and its checkpoints all predate this step")
+            done, tokens, loss_sum = plan.ga, sum(task.tokens(b) for b in bs), float(loss) * plan.ga
         while done < plan.ga:
-            idx, epoch = plan.indices(k, rank, t["seed"], [h["loss"] for h in history] if plan.pacing == "adaptive" else None)
+            b, epoch = source.next()
             k += 1
-            b = task.batch(feats, idx)
             loss, mets = task.loss(engine, b)
             finite = _all_finite(loss, world)
             if not guard.check(loss.detach() if finite else float("nan"), step=step + 1):
@@ -241,10 +299,12 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
         dt = time.time() - ts
         avg = _mean_over_ranks({"loss": loss_sum / plan.ga, "tokens": float(tokens), "peak_rss_mb": _peak_rss_mb(),
                                 **{key: v / plan.ga for key, v in sums.items()}}, world)
-        tokens_all, rss = avg.pop("tokens") * world, avg.pop("peak_rss_mb")
+        tokens_all, rss = avg.pop("tokens") * plan.dp, avg.pop("peak_rss_mb")  # replicas' ranks see the same tokens
         rec = {"step": step + 1, **avg, "lr": engine.lr(), "step_time_s": dt,
                "tokens_per_s": tokens_all / max(dt, 1e-9), "peak_rss_mb_per_worker": rss, "wall_time": time.time(),
                "world_size": world, "grad_accum": plan.ga, "nan_skipped": guard.skipped}
+        if flops is not None:
+            rec["mfu"] = rec["tokens_per_s"] * flops / (world * peak)
         summary = profiler.after(step + 1, plan.total)
         if summary is not None:
             rec["comm_share"] = summary["comm_share"]
@@ -272,6 +332,7 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
         if rank == 0 and ((step + 1) % 10 == 0 or last):
             hooks.say(f"[train] step {step + 1}/{plan.total} loss {avg['loss']:.4f} "
                       f"{rec['tokens_per_s']:.0f} tok/s ({time.time() - t0:.0f}s)")
+    source.close()
     return {"steps": plan.total, "final_loss": history[-1]["loss"] if history else float("nan"),
             "history": history, "events": events, "world_size": world, "grad_accum": plan.ga,
             "global_batch": plan.global_batch, "nan_skipped": guard.skipped, **info}
@@ -293,6 +354,7 @@ def _write_checkpoint(tmp: Path, name: str, engine, task: Task, tok, spec: Train
                 task.export(engine.module, sd, tok, tmp / "model")
     if rank == 0:
         meta = {"step": step, "world_size": plan.world, "engine": option(t, "engine"), "zero_stage": t["zero_stage"],
+                "pp": engine.stages if engine.kind == "pipeline" else 1, "tp": getattr(engine, "tp", 1),
                 "grad_accum": plan.ga, "global_batch": plan.global_batch, "gen": gen, "task": spec.task}
         (tmp / rc.META).write_text(json.dumps(meta, indent=1))
         ck.write_metrics(tmp, metrics)

@@ -115,6 +115,8 @@ class TaskData(_Cfg):
 class TrialTrainer(_Cfg):
     steps_per_iteration: int = Field(4, ge=1, description="optimiser steps between two validation reports")
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs Ray reserves for one trial")
+    reuse_actors: bool = Field(False, description="run a new trial in a finished trial's process (saves the "
+                               "seconds of starting and importing torch per trial)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainerConfig fields fixed for every trial")
 
 
@@ -127,6 +129,17 @@ class StopperConfig(_Cfg):
     early_phase_end: int = Field(0, ge=0, description="iterations < this use 2x patience")
     late_phase_start: int | None = Field(None, ge=0, description="iterations >= this use patience // 2")
     min_steps: int = Field(1, ge=0, description="never stop before this iteration (raised to the warm-up length)")
+
+
+class StagedConfig(_Cfg):
+    """Coarse-to-fine search (pitfall 10): stage 1 is the study as configured (grid or random search);
+    stage 2 runs Bayesian search in the space app.tune.staged.narrow_space narrows around stage 1's best."""
+
+    top_k: int = Field(2, ge=1, description="best stage-1 trials the stage-2 ranges are narrowed around")
+    factor: float = Field(4.0, gt=1, description="how much narrower a range gets around one best value")
+    num_samples: int = Field(6, ge=1, description="stage-2 trials")
+    search: Literal["tpe", "gp"] = Field("tpe", description="stage-2 search: Optuna TPE or GP")
+    n_startup_trials: int = Field(2, ge=1, description="stage-2 random trials before the model takes over")
 
 
 class TrackingConfig(_Cfg):
@@ -161,6 +174,8 @@ class StudyConfig(_Cfg):
     metric: str = Field("val_accuracy", description="reported metric the study optimises")
     mode: Literal["min", "max"] = Field("max", description="minimise or maximise the metric")
     num_samples: int = Field(6, ge=1, description="trials (per grid point for grid keys)")
+    target: float | None = Field(None, description="stop the whole study once a trial reports the metric at or "
+                                 "beyond this (max: >=, min: <=); None: spend the full budget")
     max_t: int = Field(4, ge=1, description="most iterations of one trial")
     seed: int = Field(0, description="seed of the search algorithm and PBT")
     keep_checkpoints: int | None = Field(None, ge=1,
@@ -172,6 +187,8 @@ class StudyConfig(_Cfg):
     stopper: StopperConfig = Field(default_factory=StopperConfig, description="adaptive early stopping")
     warm_start: bool = Field(False, description="seed the search with configs of the nearest past studies")
     warm_start_opts: WarmStartConfig = Field(default_factory=WarmStartConfig, description="warm-start settings")
+    staged: StagedConfig | None = Field(None, description="coarse grid/random stage, then Bayesian search in "
+                                        "a narrowed space (None: one stage)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
 
     @model_validator(mode="after")
@@ -181,6 +198,16 @@ class StudyConfig(_Cfg):
         if self.scheduler.type in ("pbt", "pb2") and self.search.type in ("tpe", "gp", "grid"):
             raise ValueError(f"search: {self.search.type!r} cannot drive scheduler {self.scheduler.type!r} "
                              "(PBT changes configs mid-trial); use search.type: random")
+        if self.staged is not None:
+            if self.search.type not in ("grid", "random"):
+                raise ValueError(f"search: a staged study's stage 1 is a coarse grid or random search, got "
+                                 f"{self.search.type!r} (stage 2's search is staged.search)")
+            if self.scheduler.type in ("pbt", "pb2"):
+                raise ValueError(f"scheduler: {self.scheduler.type!r} cannot run a staged study (stage 2 is "
+                                 "Bayesian search); use random, asha, hyperband or median")
+            if len(self.name) > 64 - len(".stage1"):
+                raise ValueError(f"name: a staged study's name may have at most 57 characters (stages are "
+                                 f"named <name>.stage1 / .stage2), got {len(self.name)}")
         return self
 
     def param_mapping(self) -> dict[str, str | None]:

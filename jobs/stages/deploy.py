@@ -44,8 +44,9 @@ def registered_for_run(ctx: StageContext) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
-def register(ctx: StageContext, model_dir, parent_version: str | None, extra_tags: dict | None = None) -> str:
-    """Log ``model_dir`` to the active run, register it with lineage tags, alias it ``champion``."""
+def register(ctx: StageContext, model_dir, parent_version: str | None, extra_tags: dict | None = None,
+             alias: str = "champion") -> str:
+    """Log ``model_dir`` to the active run, register it with lineage tags, alias it ``alias`` (``champion``)."""
     import mlflow
 
     from app.tracking import register_model_dir
@@ -57,8 +58,8 @@ def register(ctx: StageContext, model_dir, parent_version: str | None, extra_tag
         run = mlflow.active_run()
         version = register_model_dir(ctx.client, c.tracking.registered_model, run.info.run_id, run.info.artifact_uri,
                                      "model", registration_tags(ctx, parent_version, extra_tags))
-    ctx.client.set_registered_model_alias(c.tracking.registered_model, "champion", version)
-    ctx.prog.say(f"  registered {c.tracking.registered_model} v{version} with alias 'champion'")
+    ctx.client.set_registered_model_alias(c.tracking.registered_model, alias, version)
+    ctx.prog.say(f"  registered {c.tracking.registered_model} v{version} with alias {alias!r}")
     return version
 
 
@@ -83,3 +84,86 @@ def serve(ctx: StageContext, sample_inputs) -> None:
     ctx.prog.say(f"  POST {url}/predict {{'text': {sample_inputs[0][:60]!r}}} → {answer['predictions'][0]}")
     ctx.summary["endpoint"] = url
     ctx.summary["served_version"] = str(mv.version)
+
+
+class CanaryConfigError(ValueError):
+    """``controller.canary.endpoint_config`` does not serve the loop's registered model."""
+
+
+def canary_member(scfg, registered_model: str, where: str = "controller.canary.endpoint_config") -> str:
+    """Name of the endpoint member sourced ``models:/<registered_model>@champion``.
+
+    Raises:
+        CanaryConfigError: no member (or more than one) has that source.
+    """
+    want = f"models:/{registered_model}@champion"
+    found = [m.name for m in scfg.members if m.source == want]
+    if len(found) != 1:
+        raise CanaryConfigError(f"{where}: endpoint {scfg.name!r} needs exactly one member with source {want!r} "
+                                f"(the loop's tracking.registered_model); members: "
+                                f"{ {m.name: m.source for m in scfg.members} }")
+    return found[0]
+
+
+def _outcome(events: list[dict], wanted: str) -> dict | None:
+    """The newest promotion or rollback of the challenger ``wanted`` (its routing model_version) in ``events``."""
+    for e in reversed(events):
+        if e.get("model_version") != wanted:
+            continue
+        if e["event"] == "promoted":
+            return {"outcome": "promoted", "reason": "every canary step passed", "metrics": e.get("metrics", {})}
+        if e["event"] == "rollback":
+            return {"outcome": "rolled_back", "reason": e.get("reason", ""), "metrics": e.get("metrics", {})}
+        if e["event"] == "canary_started":
+            return None  # started again after any older outcome: that one is not this rollout's
+    return None
+
+
+def canary_rollout(scfg, store, tracking_uri: str, member: str, version: str, replay: list[tuple[str, str]],
+                   wait_s: float, token: str = "", prog=print) -> dict:
+    """Roll ``member`` version ``version`` (registry alias ``challenger``) out through the endpoint's canary.
+
+    ``jobs.serve_up.up`` deploys the challenger beside the champion and the endpoint's rollout actor walks the
+    canary steps (``app.serving.canary``: e.g. 10 → 50 → 100 % of traffic), judging each window of live
+    requests and rolling back at once when a gate fails; on the last step it moves the ``champion`` alias.
+    This waits for that outcome up to ``wait_s`` seconds, meanwhile posting the ``replay`` items (text, true
+    label) through the endpoint and labelling each answer via ``/feedback`` (cycling), so a loop without live
+    traffic still gets judged windows.
+
+    Returns:
+        {"outcome": "promoted" | "rolled_back" | "pending", "reason", "metrics", "model_version",
+         "endpoint", "replayed"}; "pending": no verdict within ``wait_s`` (the canary goes on with live traffic).
+    """
+    import time
+
+    import httpx
+
+    from jobs.serve_up import status, up
+
+    st = up(scfg, store, tracking_uri, prog=prog)[scfg.name]
+    ch = st.get("challenger") or {}
+    wanted = ch.get("model_version") or next(
+        (e["model_version"] for e in reversed(st.get("events", [])) if f"{member}:{version}" in
+         str(e.get("model_version", "")).split("+")), f"{member}:{version}")
+    url = f"http://{scfg.http.host}:{scfg.http.port}{scfg.http.route_prefix.rstrip('/')}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    prog(f"  canary of {wanted} at {url}: steps {list(scfg.canary.plan.steps)} %")
+    deadline, sent, verdict = time.time() + wait_s, 0, None
+    with httpx.Client(timeout=60, headers=headers) as http:
+        while True:
+            verdict = _outcome(status([scfg.name], scfg.namespace)[scfg.name].get("events", []), wanted)
+            if verdict is not None or time.time() >= deadline:
+                break
+            if not replay:
+                time.sleep(1.0)
+                continue
+            for _ in range(10):  # a batch between two status reads
+                text, label = replay[sent % len(replay)]
+                rid = f"canary-{version}-{sent}"
+                r = http.post(f"{url}/predict", json={"text": text}, headers={"x-request-id": rid})
+                if r.status_code == 200:
+                    http.post(f"{url}/feedback", json={"request_id": rid, "label": label})
+                sent += 1
+    out = verdict or {"outcome": "pending", "reason": f"no verdict within wait_s={wait_s}", "metrics": {}}
+    prog(f"  canary {out['outcome']}: {out['reason']}")
+    return {**out, "model_version": wanted, "endpoint": url, "replayed": sent}

@@ -9,6 +9,7 @@ are written atomically under the iteration directory and named in the outputs.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -171,9 +172,45 @@ class IterationStages:
         return {**d.to_dict(), "iteration": self.r, "metric": m, "before": ev["baseline"][m], "after": ev["candidate"][m],
                 "training_feedback": None if fb is None else {"changed": fb[0], "why": fb[1]}}
 
+    def _canary_deploy(self, state: IterationState) -> dict:
+        """Register as ``challenger`` and roll out through the endpoint's canary (the first version, with no
+        champion to compare with, becomes the champion directly); the outcome goes on the model version's tags
+        and the iteration's run, so lineage and the decision record show it."""
+        import mlflow
+
+        from app.serving.config import load_serve_config
+        from app.tracking import get_alias
+
+        ctx, cc = self.ctx, self.ctx.cfg.controller.canary
+        scfg = load_serve_config(cc.endpoint_config)
+        member = deploy.canary_member(scfg, ctx.cfg.tracking.registered_model)
+        name = ctx.cfg.tracking.registered_model
+        champ = get_alias(ctx.client, name)
+        ours = deploy.registered_for_run(ctx)
+        first = champ is None or (ours is not None and str(champ.version) == ours and
+                                  not (self.idir / "canary.json").exists())
+        version = deploy.register(ctx, state.completed["train"]["model_dir"], state.completed["ingest"]["start_version"],
+                                  {"flywheel.iteration": str(self.r)}, alias="champion" if first else "challenger")
+        if not first:  # written before the rollout: a resumed stage must not take a promoted version for a first one
+            write_json_atomic(self.idir / "canary.json", {"version": version})
+        inputs, targets = data.test_set(ctx)
+        replay = list(zip(inputs, targets))[: cc.replay_test]
+        token = os.environ.get(cc.token_env or scfg.http.auth_token_env or "", "")
+        res = deploy.canary_rollout(scfg, ctx.store, ctx.uri, member, version, [] if first else replay,
+                                    0 if first else cc.wait_s, token, ctx.prog.say)
+        if first:
+            res = {**res, "outcome": "champion", "reason": "no champion to canary against: served as champion"}
+        for k in ("outcome", "reason"):
+            ctx.client.set_model_version_tag(name, version, f"flywheel.canary_{k}", str(res[k])[:5000])
+        mlflow.set_tags({"flywheel.canary_outcome": res["outcome"], "flywheel.canary_version": version})
+        mlflow.log_dict(_plain(res), "canary.json")
+        return {"registered_version": version, "endpoint": res["endpoint"], "canary": _plain(res)}
+
     def deploy(self, state: IterationState) -> dict:
         self._ensure_labeler(state)
         out = {"registered_version": None, "endpoint": None}
+        if state.completed["decide"]["action"] == "deploy" and self.ctx.cfg.controller.canary.endpoint_config:
+            return self._canary_deploy(state)
         if state.completed["decide"]["action"] == "deploy":
             out["registered_version"] = deploy.register(
                 self.ctx, state.completed["train"]["model_dir"], state.completed["ingest"]["start_version"],

@@ -57,6 +57,9 @@ def _join(address: str, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+# Ray Train v2's controller sometimes never sees the joined node's CPU ("Did not detect any changes in the
+# cluster resources" for minutes, once in a full-suite run, never alone): one retry on a fresh cluster.
+@pytest.mark.flaky(reruns=1)
 def test_node_joins_world_grows_global_batch_kept(cluster, tmp_path):
     import ray
 
@@ -86,7 +89,7 @@ def test_node_joins_world_grows_global_batch_kept(cluster, tmp_path):
         except FileNotFoundError:
             return None
 
-    grown = _wait_for(lambda: (m := newest_meta()) is not None and m["world_size"] == 2 and m, 300,
+    grown = _wait_for(lambda: (m := newest_meta()) is not None and m["world_size"] == 2 and m, 150,
                       "a checkpoint written by 2 workers")
     out = _finish(th, box, timeout=300)
 

@@ -31,6 +31,13 @@ def _write(tmp: Path, study: dict) -> Path:
     return p
 
 
+
+def _printed_json(out: str) -> dict:
+    """The result object `jobs.tune run` printed. Ray forwards actor output (an earlier test's Tuner actor,
+    "(Tuner pid=...)") to the driver's stdout, so skip anything before the object and after it."""
+    return json.JSONDecoder().raw_decode(out[out.index("{"):])[0]
+
+
 def test_run_records_trials_mlflow_and_refuses_a_reused_name(ray_local, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -47,7 +54,7 @@ def test_run_records_trials_mlflow_and_refuses_a_reused_name(ray_local, capsys):
         "search": {"type": "grid"}, "tracking": {"experiment": "tune-it"}})
     out = ray_local / "result.json"
     assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = _printed_json(capsys.readouterr().out)
     result = json.loads(out.read_text())
     assert printed == result
     assert list(result) == ["study", "scheduler", "search", "metric", "mode", "best", "trials", "total_iterations",
@@ -85,7 +92,7 @@ def test_run_records_trials_mlflow_and_refuses_a_reused_name(ray_local, capsys):
     assert "does not match" in capsys.readouterr().err
     # an explicit --resume of the finished study restores it: no trial runs again, nothing is logged twice
     assert main(["run", "--config", str(cfg), "--resume", "t-run"]) == 0
-    again = json.loads(capsys.readouterr().out)
+    again = _printed_json(capsys.readouterr().out)
     assert again["trials"] == result["trials"] and again["best"] == result["best"]
     assert len([r for r in client.search_runs([exp]) if r.data.tags.get("flywheel.kind") == "tune_study"]) == 1
 
@@ -189,3 +196,48 @@ def test_tuner_actor_runs_a_study_and_answers_status(ray_local):
         ray.get(tuner.start.remote(study))
     assert ray.get(tuner.status.remote("never-ran")) == {"state": "unknown"}
     ray.kill(tuner)
+
+
+def test_staged_study_runs_tpe_in_the_space_narrowed_around_stage1(ray_local, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tune import main
+
+    store = ray_local / "staged-store"
+    # stage 1: grid over lr (2 trials, warm-up drawn at random); stage 2: TPE, 2 trials, in the narrowed space
+    cfg = _write(ray_local, {
+        "name": "t-staged", "store": str(store), "metric": "val_accuracy", "mode": "max", "num_samples": 1,
+        "max_t": 1, "seed": 0, "task": TASK, "trainer": {"steps_per_iteration": 2, "reuse_actors": True},
+        "space": {"learning_rate": {"type": "grid", "values": [1.0e-3, 1.0e-2]},
+                  "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2}},
+        "search": {"type": "grid"}, "staged": {"top_k": 1, "factor": 4, "num_samples": 2, "n_startup_trials": 1},
+        "tracking": {"experiment": "tune-staged"}})
+    assert main(["run", "--config", str(cfg)]) == 0
+    result = _printed_json(capsys.readouterr().out)
+    assert (result["study"], result["search"]) == ("t-staged", "staged:grid->tpe")
+    assert [s["study"] for s in result["stages"]] == ["t-staged.stage1", "t-staged.stage2"]
+    assert [t["stage"] for t in result["trials"]] == [1, 1, 2, 2]
+    assert result["total_iterations"] == 4 == sum(s["total_iterations"] for s in result["stages"])
+    stage1 = [t for t in result["trials"] if t["stage"] == 1]
+    top = max(stage1, key=lambda t: t["score"])
+    narrowed = result["narrowed"]
+    assert narrowed["around"] == [top["config"]]
+    # whichever lr won, the grid neighbours of it span the whole geometric grid [1e-3, 1e-2]
+    assert narrowed["space"]["learning_rate"] == {"type": "log_uniform", "low": 1.0e-3, "high": 1.0e-2}
+    wr = narrowed["space"]["warmup_ratio"]  # width 0.2 / 4, around the winner's warm-up, inside [0, 0.2]
+    assert wr["high"] - wr["low"] == pytest.approx(0.05) and wr["low"] <= top["config"]["warmup_ratio"] <= wr["high"]
+    for t in result["trials"][2:]:
+        c = t["config"]
+        assert 1.0e-3 <= c["learning_rate"] <= 1.0e-2 and wr["low"] <= c["warmup_ratio"] <= wr["high"]
+    scored = [t for t in result["trials"] if t["score"] is not None]
+    assert result["best"]["score"] == max(t["score"] for t in scored)
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tune-staged").experiment_id
+    parents = {r.data.tags["flywheel.study"]: r for r in client.search_runs([exp])
+               if r.data.tags.get("flywheel.kind") == "tune_study"}
+    assert set(parents) == {"t-staged.stage1", "t-staged.stage2"}
+    two = parents["t-staged.stage2"]
+    assert two.data.tags["search"] == "tpe"
+    assert two.data.tags["flywheel.narrowed_ranges"] == "\n".join(narrowed["log"])
+    assert "narrowing.json" in {a.path for a in client.list_artifacts(two.info.run_id)}

@@ -162,6 +162,30 @@ def test_peak_memory_is_bounded_by_tensors_in_flight(tmp_path, zoo, monkeypatch)
     assert peak[0] <= 8  # two tensors in flight
 
 
+def test_prefetch_hints_the_next_task_and_keeps_order(tmp_path, zoo, monkeypatch):
+    from app.merge import engine
+
+    hints: list = []
+    monkeypatch.setattr(io, "prefetch", lambda path, name: hints.append((path, name)))
+    cfg = MergeConfig.model_validate({"merge_method": "linear", "models": [
+        {"model": zoo["ft0"], "parameters": {"weight": 0.5}}, {"model": zoo["ft1"], "parameters": {"weight": 0.5}}]})
+    plan = build_plan(cfg)
+    seen = []
+    for task in engine.prefetched(plan.tasks):
+        seen.append(task.info.name)
+        # when task k is handed out, the inputs of task k+1 (2 models) have been hinted, not further
+        assert len(hints) == 2 * min(len(seen), len(plan.tasks) - 1)
+    assert seen == [t.info.name for t in plan.tasks]
+    assert hints[:2] == [(r.path, r.name) for r in plan.tasks[1].inputs]
+
+
+def test_prefetch_of_real_and_unknown_tensors_is_harmless(zoo):
+    meta = io.ModelFiles.open("ft0", zoo["ft0"]).tensors["lm_head.weight"]
+    io.prefetch(meta.path, "lm_head.weight")
+    io.prefetch(meta.path, "no.such.tensor")
+    assert io.load_tensor(meta.path, "lm_head.weight").shape == (V, H)
+
+
 def test_workers_and_custom_map_give_identical_output(tmp_path, zoo):
     cfg = MergeConfig.model_validate({"merge_method": "dare_ties", "base_model": zoo["base"], "random_seed": 3, "models": [
         {"model": zoo[f"ft{i}"], "parameters": {"weight": 0.5, "density": 0.5}} for i in range(2)]})
@@ -222,6 +246,27 @@ def test_vocab_mismatch_errors_or_pads(tmp_path, zoo):
     # new rows of ft0 start at its mean embedding: row 17 = (mean_a + big[17]) / 2
     assert torch.allclose(emb[17], (a["model.embed_tokens.weight"].mean(0) + big["model.embed_tokens.weight"][17]) / 2, atol=1e-6)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == V + 2
+
+
+def _tokenizer(path, tokens, added=()):
+    vocab = {t: i for i, t in enumerate(tokens)}
+    (path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": [
+        {"id": len(tokens) + k, "content": t} for k, t in enumerate(added)]}))
+
+
+def test_same_vocab_size_but_different_tokens_is_an_error(tmp_path, zoo):
+    from pathlib import Path
+
+    tokens = [f"t{i}" for i in range(V)]
+    _tokenizer(Path(zoo["ft0"]), tokens)
+    _tokenizer(Path(zoo["ft1"]), tokens[:3] + ["other"] + tokens[4:])
+    cfg = {"merge_method": "linear", "models": [
+        {"model": zoo["ft0"], "parameters": {"weight": 1}}, {"model": zoo["ft1"], "parameters": {"weight": 1}}]}
+    with pytest.raises(MergeInputError, match=r"token id 3 is 't3' in .*ft0.* but 'other' in .*ft1"):
+        build_plan(MergeConfig.model_validate(cfg))
+    # the same table written differently (an added token instead of a vocab entry) is the same tokenizer
+    _tokenizer(Path(zoo["ft1"]), tokens[:-1], added=tokens[-1:])
+    assert len(build_plan(MergeConfig.model_validate(cfg)).tasks) == 17
 
 
 def test_nan_weights_name_the_tensor_and_leave_no_output(tmp_path, zoo):

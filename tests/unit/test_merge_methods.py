@@ -34,6 +34,23 @@ def test_linear_weighted_mean_and_unnormalised_sum():
     assert run("linear", [[1.0, 2.0], [5.0, 6.0]], weight=[1.0, 3.0], normalize=False).tolist() == [16.0, 20.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("weight", [[0.6, 0.4], [1.0, 0.6], [0.7, -0.3, 0.2]])
+def test_weighted_sum_matches_float32_accumulation_bit_for_bit(dtype, weight):
+    """The fast path (start from w0*x0, skip /1) must give the bits of zeros + sum of w_i*x_i, then / sum w."""
+    from app.merge.methods.basic import weighted_sum
+
+    g = torch.Generator().manual_seed(1)
+    xs = [(torch.randn(64, 33, generator=g) * 0.02).to(dtype) for _ in weight]
+    for normalize in (True, False):
+        ref = torch.zeros(xs[0].shape)
+        for x, w in zip(xs, weight):
+            ref.add_(x, alpha=w)
+        if normalize:
+            ref.div_(sum(weight))
+        assert torch.equal(weighted_sum(xs, weight, normalize), ref.to(dtype))
+
+
 def test_slerp_endpoints_return_the_models():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)

@@ -9,7 +9,7 @@ pytest.importorskip("ray.tune")
 
 from app.tune.space import parse_space  # noqa: E402
 from app.tune.stopper import AdaptiveStopper  # noqa: E402
-from jobs.tune_ray import AdaptiveTuneStopper, StudyCallback, _explore_fn, seeds_to_ray  # noqa: E402
+from jobs.tune_ray import AdaptiveTuneStopper, StudyCallback, TargetStopper, _explore_fn, seeds_to_ray  # noqa: E402
 
 SPACE = parse_space({
     "learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
@@ -44,6 +44,24 @@ def test_stopper_adapter_never_stops_before_min_steps_and_keeps_reason():
     assert stops == [False, False, True]
     assert "no improvement" in s.reasons["t"] and s("u", {"training_iteration": 1}) is False
     assert s.stop_all() is False
+
+
+def test_target_stopper_ends_the_study_at_the_first_report_reaching_the_target():
+    up = TargetStopper("val_accuracy", "max", 0.7)
+    assert not up("a", {"training_iteration": 1, "val_accuracy": 0.69}) and not up.stop_all()
+    assert not up("b", {"training_iteration": 1, "val_loss": 0.1}) and not up.stop_all()  # no metric: no effect
+    assert not up("b", {"training_iteration": 2, "val_accuracy": 0.7}) and up.stop_all()  # >= for max
+    up("a", {"training_iteration": 2, "val_accuracy": 0.9})
+    assert up.reached_by == "b"  # the first trial to reach it
+    down = TargetStopper("val_loss", "min", 0.5)
+    assert not down("a", {"val_loss": float("nan")}) and not down.stop_all()
+    down("a", {"val_loss": 0.5})
+    assert down.stop_all()
+    # the adaptive stopper inside keeps deciding per trial (as in the test above: stops at iteration 3)
+    inner = AdaptiveTuneStopper(AdaptiveStopper("val_accuracy", "max", patience=1, min_steps=3))
+    both = TargetStopper("val_accuracy", "max", 0.99, inner)
+    stops = [both("a", {"training_iteration": i, "val_accuracy": 0.5}) for i in (1, 2, 3)]
+    assert stops == [False, False, True] and not both.stop_all() and "a" in inner.reasons
 
 
 def test_seeds_to_ray_keeps_sampled_keys_and_validates():
@@ -125,3 +143,24 @@ def test_pb2_refuses_a_conditional_key():
                               "scheduler": {"type": "pb2", "mutable": ["lora_rank"]}})
     with pytest.raises(ValueError, match="lora_rank"):
         build_scheduler(cfg, space, ExploitLog())
+
+
+def test_callback_names_the_study_target_as_the_stop_reason(tmp_path):
+    stop = TargetStopper("acc", "max", 0.7)
+    cb = StudyCallback(SPACE, tmp_path / "history.json", stop)
+    a, b = (_Trial(t, {"learning_rate": 1e-3, "batch_size": 8, "use_lora": False}) for t in ("a", "b"))
+    cb.on_trial_complete(0, [], a)  # before the target: no reason of the stopper's
+    stop("b", {"training_iteration": 2, "acc": 0.75})
+    cb.on_trial_complete(0, [], b)
+    assert cb.records["a"]["stopped_by"] is None
+    assert cb.records["b"]["stopped_by"] == "study target acc 0.7 reached by trial b"
+    # Ray ends the study without completing trial c; its last reports (inside the 1 s save throttle) are
+    # written at the end, and the record is closed with the target as its reason
+    c = _Trial("c", {"learning_rate": 1e-3, "batch_size": 8, "use_lora": False})
+    cb.on_trial_start(0, [], c)
+    for i in (1, 2):
+        cb.on_trial_result(0, [], c, {"training_iteration": i, "acc": 0.5})
+    cb.on_experiment_end([])
+    saved = {r["trial_id"]: r for r in json.loads((tmp_path / "history.json").read_text())}
+    assert [h["training_iteration"] for h in saved["c"]["history"]] == [1, 2]
+    assert saved["c"]["status"] == "finished" and saved["c"]["stopped_by"].startswith("study target acc 0.7")

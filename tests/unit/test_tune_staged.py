@@ -86,3 +86,71 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="learning_rate = 0.5 is outside"):
         narrow_space(COARSE, [BEST | {"learning_rate": 0.5}], factor=4)
     assert math.isfinite(narrow_space(COARSE, [BEST], factor=1e6)[0].to_dict()["lora_rank"]["high"])
+
+
+# --- staged studies (jobs.tune_staged): stage 2's space from a hand-written stage-1 result -----------------
+
+STAGED = {"name": "st", "space": {"learning_rate": {"type": "grid", "values": [1e-4, 1e-3, 1e-2]},
+                                  "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
+                                  "batch_size": {"type": "grid", "values": [8, 16, 32]}},
+          "search": {"type": "grid"}, "staged": {"top_k": 2, "factor": 4, "num_samples": 3}}
+
+
+def _trial(tid, score, lr, wr, bs, status="finished"):
+    return {"trial_id": tid, "score": score, "status": status, "stop_reason": "max_t",
+            "config": {"learning_rate": lr, "warmup_ratio": wr, "batch_size": bs}}
+
+
+def test_stage2_space_narrows_around_the_top_k_of_stage1():
+    from app.tune.study import parse_study
+    from jobs.tune_staged import stage1_config, stage2_space
+
+    cfg, space = parse_study(STAGED)
+    one = stage1_config(cfg)
+    assert (one.name, one.staged, one.search.type) == ("st.stage1", None, "grid")
+    stage1 = {"trials": [_trial("a", 0.60, 1e-4, 0.10, 8), _trial("b", 0.71, 1e-3, 0.05, 16),
+                         _trial("c", 0.69, 1e-2, 0.15, 16), _trial("d", None, 1e-2, 0.0, 32, "errored"),
+                         _trial("e", 0.90, 1e-4, 0.0, 32, "errored")]}  # errored trials never count
+    space2, rec = stage2_space(cfg, space, stage1)
+    d = space2.to_dict()
+    assert [c["learning_rate"] for c in rec["around"]] == [1e-3, 1e-2] and rec["scores"] == [0.71, 0.69]
+    # best lrs 1e-3, 1e-2 of the geometric grid 1e-4, 1e-3, 1e-2: neighbours 1e-4 .. 1e-2, log scale
+    assert d["learning_rate"] == {"type": "log_uniform", "low": 1e-4, "high": 1e-2}
+    # warmup: w = 0.2 / 4 = 0.05 -> [0.05 - 0.025, 0.15 + 0.025] = [0.025, 0.175]
+    assert (d["warmup_ratio"]["low"], d["warmup_ratio"]["high"]) == pytest.approx((0.025, 0.175))
+    # batch 16 (both best) in the geometric int grid 8, 16, 32: neighbours 8 .. 32
+    assert d["batch_size"] == {"type": "int", "low": 8, "high": 32, "log": True}
+    assert any(line.startswith("warmup_ratio: uniform [0, 0.2] -> [0.025, 0.175]") for line in rec["log"])
+    assert rec["space"] == d
+
+
+def test_stage2_keeps_non_numeric_grids_as_choices_and_needs_a_scored_trial():
+    from app.tune.study import StudyError, parse_study
+    from jobs.tune_staged import stage2_space
+
+    raw = STAGED | {"space": STAGED["space"] | {"seed": {"type": "grid", "values": ["a", "b"]}},
+                    "param_map": {"seed": None}}
+    cfg, space = parse_study(raw)
+    best = _trial("b", 0.7, 1e-3, 0.05, 16)
+    best["config"]["seed"] = "a"
+    space2, rec = stage2_space(cfg, space, {"trials": [best]})
+    assert space2.to_dict()["seed"] == {"type": "choice", "values": ["a", "b"]}
+    assert "seed: grid ['a', 'b'] -> choice (stage 2 samples it)" in rec["log"]
+    with pytest.raises(StudyError, match="no scored trial"):
+        stage2_space(cfg, space, {"trials": [_trial("d", None, 1e-2, 0.0, 32, "errored")]})
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"search": {"type": "tpe"}}, "stage 1 is a coarse grid or random search"),
+    ({"search": {"type": "random"}, "scheduler": {"type": "pbt"}}, "cannot run a staged study"),
+    ({"name": "x" * 58}, "at most 57 characters"),
+    ({"staged": {"factor": 1}}, "staged.factor"),
+    ({"staged": {"search": "random"}}, "staged.search"),
+])
+def test_bad_staged_studies_name_the_field(change, needle):
+    from app.tune.study import StudyError, parse_study
+
+    raw = STAGED | {"space": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}}} | change
+    with pytest.raises(StudyError, match=None) as e:
+        parse_study(raw)
+    assert needle in str(e.value)

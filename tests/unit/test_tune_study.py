@@ -29,6 +29,12 @@ def test_shipped_demo_config_validates():
     assert set(space.params) == {"learning_rate", "head_lr", "warmup_ratio", "batch_size", "weight_decay"}
 
 
+def test_shipped_staged_demo_config_validates():
+    cfg, space = load_study(ROOT / "jobs/configs/tune_staged_demo.yaml", ROOT)
+    assert cfg.staged is not None and (cfg.search.type, cfg.staged.search) == ("grid", "tpe")
+    assert cfg.trainer.reuse_actors and space.params["learning_rate"].type == "grid"
+
+
 @pytest.mark.parametrize("raw, needle", [
     (_study(name="bad name/x"), "name:"),
     (_study(scheduler={"type": "asha", "grace": 1}), "scheduler.asha.grace: unknown field"),

@@ -18,15 +18,18 @@ def weighted_sum(tensors: list[torch.Tensor], weight: list[float], normalize: bo
 
     Accumulated in place in float32 (float64 for float64 inputs) and cast back to the inputs' dtype: no
     (n, *S) stack, so one output-sized buffer instead of two n-times-larger ones, and bf16 / fp16 inputs
-    are not rounded after every product.
+    are not rounded after every product. The accumulator starts as ``w_0 x_0`` (not zeros plus a mixed-dtype
+    ``add_``) and a division by a weight sum of exactly 1 is skipped: the same bits (``0 + w x`` rounds
+    like ``w x``, ``y / 1 == y``) for about 35 % less CPU time on bf16 inputs (bench/merge_vs_mergekit.py).
     """
     first = tensors[0]
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
-    res = torch.zeros(first.shape, dtype=work, device=first.device)
-    for x, w in zip(tensors, weight):
+    res = first.to(work, copy=True).mul_(float(weight[0]))
+    for x, w in zip(tensors[1:], weight[1:]):
         res.add_(x, alpha=float(w))
-    if normalize:
-        res.div_(float(sum(weight)))
+    total = float(sum(weight))
+    if normalize and total != 1.0:
+        res.div_(total)
     return res.to(first.dtype)
 
 
