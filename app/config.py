@@ -28,6 +28,7 @@ class RayConfig(_Cfg):
     dashboard: bool = Field(True, description="Start the Ray dashboard (127.0.0.1) with a local cluster")
     namespace: str = Field("flywheel", description="Ray namespace of the named actors")
     actor_cpus: float = Field(0.25, gt=0, description="CPUs reserved by each long-lived actor (DataPool, Labeler)")
+    state_actors_on_head: bool = Field(True, description="Prefer the head node for the Controller, DataPool and Labeler (worker nodes come and go)")
 
 
 class ModelConfig(_Cfg):

@@ -86,3 +86,19 @@ class Progress:
             dt = time.time() - t0
             self.times[name] = self.times.get(name, 0.0) + dt
             self.say(f"  [dim]{name} done in {dt:.1f}s[/dim]" if self.console else f"  {name} done in {dt:.1f}s")
+
+
+def head_node_affinity():
+    """A soft NodeAffinitySchedulingStrategy for the head node, or None when Ray reports no head.
+
+    The long-lived state actors (Controller, DataPool, Labeler) hold the loop's state; the head node is the one an
+    autoscaler never removes, so pinning them there means losing a worker node never restarts them. ``soft``:
+    when the head has no room, Ray places them elsewhere rather than leaving them pending.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for n in ray.nodes():
+        if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {}):
+            return NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=True)
+    return None

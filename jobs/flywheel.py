@@ -67,11 +67,14 @@ def _attach(args):
 def get_or_create(cfg, ccfg, store, own: bool):
     """The named Controller: found if it exists (its state untouched), else created."""
     from actors.controller import Controller
+    from jobs.common import head_node_affinity
 
     opts = dict(name=ccfg.actor_name, namespace=cfg.ray.namespace, get_if_exists=True, num_cpus=ccfg.num_cpus,
                 max_restarts=ccfg.max_restarts)
     if not own:
         opts["lifetime"] = "detached"  # outlives this job on a cluster the user runs
+    if cfg.ray.state_actors_on_head and (strategy := head_node_affinity()) is not None:
+        opts["scheduling_strategy"] = strategy
     return Controller.options(**opts).remote(cfg.model_dump(), ccfg.model_dump(), str(store), own)
 
 

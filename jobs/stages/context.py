@@ -8,6 +8,7 @@ from typing import Any
 
 from app.config import LoopConfig
 from app.pool import PoolConfig
+from jobs.common import head_node_affinity
 
 
 def pool_cfg(cfg: LoopConfig, store: Path) -> dict:
@@ -47,6 +48,8 @@ class StageContext:
         opts = dict(namespace=c.ray.namespace, get_if_exists=True, num_cpus=c.ray.actor_cpus, name=name)
         if self.detached or not self.own:
             opts["lifetime"] = "detached"  # on a user's cluster the pool outlives the job
+        if c.ray.state_actors_on_head and (strategy := head_node_affinity()) is not None:
+            opts["scheduling_strategy"] = strategy
         return opts
 
     def open_pool(self):

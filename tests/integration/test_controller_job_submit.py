@@ -94,7 +94,7 @@ def head():
     finally:
         try:  # our own session: GCS, raylet, dashboard and workers go with the group
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)  # `ray start --block` can take long to wind down; SIGKILL the group then
         except (ProcessLookupError, subprocess.TimeoutExpired):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -126,14 +126,18 @@ def test_pbt_exploited_trial_resumes_from_its_donors_checkpoint(ray_local):
     # the exploited trial's first checkpoint after it resumed from a donor checkpoint an exploit event handed
     # it (synch PBT also pauses and resumes trials from their own checkpoints, so that need not be the newest)
     ray_dir = ray_local / "store" / "ray" / "t-pbt"
-    trial_dir = next(p for p in ray_dir.iterdir() if e["trial_id"] in p.name)
+    # Ray also writes pbt_policy_<trial id>.txt beside the trial directories
+    trial_dir = next(p for p in ray_dir.iterdir() if p.is_dir() and e["trial_id"] in p.name)
     given = {ev["donor_checkpoint"]: ev for ev in events if ev["trial_id"] == e["trial_id"] and ev["donor_checkpoint"]}
     after_exploit = []
     for c in trial_dir.glob("checkpoint_*"):
         resumes = [ev for ev in json.loads((c / rc.EVENTS).read_text()) if ev["event"] == "resumed"]
         if resumes and resumes[-1]["from"] in given:
             after_exploit.append((rc.read_meta(c)["step"], str(c), resumes[-1]))
-    assert after_exploit, "the exploited trial never resumed from a checkpoint PBT gave it"
+    table = [(c.name, rc.read_meta(c)["step"], [ev for ev in json.loads((c / rc.EVENTS).read_text())
+                                                if ev["event"] in ("resumed", "skipped_checkpoint")])
+             for c in sorted(trial_dir.glob("checkpoint_*"))]
+    assert after_exploit, f"the exploited trial never resumed from a checkpoint PBT gave it: {given=} {table=}"
     _, final, last_resume = min(after_exploit)
     final = Path(final)
     ev = given[last_resume["from"]]
