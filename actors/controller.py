@@ -278,7 +278,9 @@ class Controller:
         self._gauge("stage", STAGES.index(stage) if what == "start" else -1)
         if what == "done" and self.ctx.labeler is not None and self._gauges:
             try:
-                self._gauge("queue_depth", ray.get(self.ctx.labeler.counts.remote(), timeout=10)["queue_depth"])
+                counts = ray.get(self.ctx.labeler.counts.remote(), timeout=10)
+                self._gauge("queue_depth", counts["queue_depth"])
+                self._gauge("labels_per_hour", counts["labels_per_hour"])
             except Exception:  # noqa: BLE001 - a gauge must never stop the loop
                 pass
 
@@ -298,6 +300,7 @@ class Controller:
         g = {"stage": Gauge("flywheel_controller_stage", "index of the running stage in STAGES (-1: idle)", ("loop",)),
              "pool_size": Gauge("flywheel_pool_size", "rows in the data pool", ("loop",)),
              "queue_depth": Gauge("flywheel_review_queue_depth", "items waiting for a reviewer", ("loop",)),
+             "labels_per_hour": Gauge("flywheel_labels_per_hour", "label rows written in the last hour", ("loop",)),
              "iteration_s": Gauge("flywheel_iteration_seconds", "wall time of the last iteration", ("loop",))}
         for x in g.values():
             x.set_default_tags(tags)

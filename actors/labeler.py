@@ -123,4 +123,5 @@ class LabelerActor:
 
     def counts(self) -> dict:
         return {**self.store.counts(), "queue_depth": self.store.queue_depth(),
+                "labels_per_hour": self.store.labels_per_hour(),
                 "guideline_version": self.guideline_version, "stale_flagged": self.stale_flagged}

@@ -112,8 +112,11 @@ def run_training(spec: TrainSpec, storage: Path, run_name: str, out_dir: Path | 
     Running again with the same ``storage`` and ``run_name`` resumes that run from its newest verified
     checkpoint. Elastic when ``trainer.min_workers`` is set: ``num_workers=(min_workers, num_workers)``.
     """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from app.train.layout import want_gpu
 
     t = spec.trainer
     root = Path(storage).resolve() / run_name
@@ -123,10 +126,12 @@ def run_training(spec: TrainSpec, storage: Path, run_name: str, out_dir: Path | 
     # new option (not yet a TrainerConfig field): how often an elastic run looks for room to grow
     elastic = {"elastic_resize_monitor_interval_s": float(option(t, "elastic_resize_interval_s"))} \
         if isinstance(workers, tuple) else {}
+    use_gpu, why = want_gpu(t["use_gpu"], ray.cluster_resources().get("GPU", 0.0), lo or t["num_workers"])
+    print(f"[train] {why}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec.model_dump(),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=t["use_gpu"],
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": t["cpus_per_worker"]}, **elastic),
         run_config=RunConfig(name=run_name, storage_path=str(Path(storage).resolve()),
                              failure_config=FailureConfig(max_failures=t["max_failures"]),

@@ -76,7 +76,7 @@ class LoraConfig(_Cfg):
 class TrainerConfig(_Cfg):
     num_workers: int = Field(2, ge=1, description="Ray Train workers")
     cpus_per_worker: float = Field(0.75, gt=0, description="CPUs per training worker (fractional on small machines)")
-    use_gpu: bool = Field(False, description="Ask Ray Train for one GPU per worker")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="One GPU per worker (NCCL): true, false, or auto = true when the cluster has a GPU for each of the minimum workers")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     epochs: float = Field(3.0, gt=0, description="Passes over the labelled set")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs)")

@@ -394,6 +394,14 @@ class LabelStore:
         with self._read() as c:
             return c.execute("SELECT COUNT(*) FROM items WHERE status != 'labelled'").fetchone()[0]
 
+    def labels_per_hour(self, window_s: float = 3600.0) -> float:
+        """Label rows written in the last ``window_s`` seconds of the store's clock, scaled to one hour."""
+        if window_s <= 0:
+            raise LabelingError(f"window_s must be > 0, got {window_s}")
+        with self._read() as c:
+            n = c.execute("SELECT COUNT(*) FROM labels WHERE created_at >= ?", (self._clock() - window_s,)).fetchone()[0]
+        return n * 3600.0 / window_s
+
     def items(self, statuses: Sequence[str] = ("pending",)) -> list[dict]:
         """Items with the given statuses, oldest first (all item columns, payload decoded)."""
         if bad := [s for s in statuses if s not in schema.STATUSES]:

@@ -30,6 +30,21 @@ class Layout:
                 "source": self.source, "reason": self.reason, "memory_gb": self.memory_gb}
 
 
+def want_gpu(setting: bool | str, cluster_gpus: float, min_workers: int) -> tuple[bool, str]:
+    """Whether the run asks Ray Train for one GPU per worker, and why.
+
+    ``auto`` asks when the cluster already has a GPU for each of the minimum workers (Ray Train then uses
+    NCCL); a GPU worker group an autoscaler would start from zero is not visible yet, so set ``true`` for it.
+    """
+    if setting is True or setting is False:
+        return setting, f"trainer.use_gpu: {str(setting).lower()}"
+    if setting != "auto":
+        raise ValueError(f"trainer.use_gpu must be true, false or auto, got {setting!r}")
+    ok = cluster_gpus >= max(1, min_workers)
+    return ok, (f"trainer.use_gpu auto: the cluster has {cluster_gpus:g} GPU(s) for {min_workers} minimum worker(s)"
+                + ("" if ok else ", training on CPU"))
+
+
 def _device_memory_gb(trainer: dict, world: int) -> float:
     given = option(trainer, "device_memory_gb")
     if given:

@@ -118,6 +118,7 @@ def test_worker_node_removed_during_training(flywheel):
     assert final["completed_stages"][-1] == "deploy"
     labels_after = _counts(fw)
     assert labels_after == labels_before and sum(labels_after.values()) == BUDGET  # no label lost
+    assert _ask_labeler(fw, lambda self: self.counts()["labels_per_hour"]) >= BUDGET  # the dashboard gauge's value
     starts = Counter(e["stage"] for e in ray.get(ctl.events.remote(1000)) if e["event"] == "stage_start")
     assert starts["label"] == 1 and starts["select"] == 1 and starts["train"] == 1  # nothing was redone
 

@@ -265,3 +265,19 @@ def test_submit_many_is_all_or_nothing(store):
         store.submit_many(subs)
     assert store.labels() == []
     assert len(store.submit_many([subs[0], subs[2]])) == 2
+
+
+def test_labels_per_hour_counts_the_last_window(store, clock):
+    store.enqueue(_items(4))
+    store.auto_accept("m1", "pos", 0.99, annotator="model-v1")  # t = 1000
+    clock.t = 2800.0
+    store.auto_accept("m2", "neg", 0.99, annotator="model-v1")
+    store.auto_accept("m3", "neg", 0.99, annotator="model-v1")
+    assert store.labels_per_hour() == 3.0  # all three within the last hour
+    clock.t = 4700.0  # m1 (t=1000) left the window; m2 and m3 (t=2800) are still in it
+    assert store.labels_per_hour() == 2.0
+    assert store.labels_per_hour(window_s=1800.0) == 0.0
+    clock.t = 2900.0
+    assert store.labels_per_hour(window_s=600.0) == 12.0  # 2 labels in 10 min = 12 an hour
+    with pytest.raises(LabelingError, match="window_s"):
+        store.labels_per_hour(window_s=0)

@@ -99,3 +99,15 @@ def test_flops_and_mfu_by_hand():
     assert peak_flops("Some NPU", "bf16") is None and peak_flops("Some NPU", "bf16", given_tflops=100) == 1e14
     with pytest.raises(ValueError):
         flops_per_token(0, 1, 1, 1)
+
+
+def test_use_gpu_auto_asks_only_when_the_cluster_has_a_gpu_per_minimum_worker():
+    from app.train.layout import want_gpu
+
+    assert want_gpu("auto", 0.0, 1)[0] is False  # a CPU cluster: gloo
+    assert want_gpu("auto", 2.0, 2) == (True, "trainer.use_gpu auto: the cluster has 2 GPU(s) for 2 minimum worker(s)")
+    assert want_gpu("auto", 1.0, 2)[0] is False  # not enough GPUs for the minimum group
+    assert want_gpu("auto", 8.0, 0)[0] is True
+    assert want_gpu(True, 0.0, 4)[0] is True and want_gpu(False, 8.0, 1)[0] is False  # explicit wins
+    with pytest.raises(ValueError, match="trainer.use_gpu"):
+        want_gpu("yes", 1.0, 1)
