@@ -221,7 +221,9 @@ def overhead(args) -> dict:
         kind = "ray_deepspeed" if engine == "deepspeed" else "ray_torch"
         steady = h[2:] or h
         top = sampler.threads_between(steady[0]["wall_time"] - steady[0]["step_time_s"], steady[-1]["wall_time"])
-        runs.append({"kind": kind, "zero_stage": zero, "tokens_per_s": _steady(h), **_steady_cpu(h),
+        # the stage the runner really used (a single worker without offload runs ZeRO-0: effective_zero_stage)
+        used = next((e["effective"] for e in out["events"] if e["event"] == "zero_stage"), zero)
+        runs.append({"kind": kind, "zero_stage": zero, "zero_stage_used": used, "tokens_per_s": _steady(h), **_steady_cpu(h),
                      "load_avg_before": la, "load_avg_after": os.getloadavg(), "wall_s": out["wall_s"],
                      "step_s": [x["step_time_s"] for x in h], "loss": [x["loss"] for x in h],
                      "worker_threads_cpu_s": dict(top)})

@@ -57,3 +57,26 @@ def build_deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, w
         # (ZeRORuntimeException, zero_force_ds_cpu_optimizer defaults to True); torch AdamW steps on CPU fine.
         cfg["zero_force_ds_cpu_optimizer"] = False
     return _merge(cfg, overrides or {})
+
+
+def effective_zero_stage(trainer: dict[str, Any], world: int, resumed_stage: int | None) -> tuple[int, str | None]:
+    """The ZeRO stage a run uses, and why it differs from ``trainer.zero_stage`` (None: it does not).
+
+    ZeRO stages 1-3 partition optimiser state, gradients and parameters over the data-parallel ranks
+    (Rajbhandari et al., SC 2020); with one rank there is nothing to partition, and stage 2 still copies every
+    gradient into its reduce bucket and flat fp32 partition on each backward (measured: ~0.77x the tokens per
+    CPU-second of a plain loop on SmolLM2-135M, BENCHMARKS.md). So a single-worker run without CPU offload (the
+    one thing those stages buy on one device) runs stage 0 — unless it is elastic (it may grow to a world the
+    stage partitions), resumes a checkpoint written at another stage (whose optimiser state loads only at that
+    stage), or a raw ``trainer.deepspeed`` override sets ``zero_optimization`` itself.
+    """
+    from app.train.spec import option
+
+    stage = int(trainer["zero_stage"])
+    if (stage == 0 or world != 1 or option(trainer, "engine") != "deepspeed" or option(trainer, "min_workers")
+            or option(trainer, "offload_optimizer") or option(trainer, "offload_params")
+            or "zero_optimization" in (trainer.get("deepspeed") or {})
+            or (resumed_stage is not None and int(resumed_stage) != 0)):
+        return stage, None
+    return 0, (f"trainer.zero_stage {stage} → 0 at world size 1: ZeRO-{stage} partitions nothing over one rank and "
+               f"only adds per-backward copies (no offload asked, not elastic)")

@@ -247,6 +247,11 @@ def make_engine(model, groups: list[dict], trainer: dict[str, Any], world: int, 
         cfg["tensor_parallel"] = {"vocab_parallel_lm_head": False, **cfg.get("tensor_parallel", {}), "autotp_size": tp}
     ds, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=cfg,
                                        dist_init_required=False)
+    if world == 1 and int(ds.zero_optimization_stage()) == 0:
+        # One rank: DeepSpeed's backward still flattens every gradient into buckets, all-reduces them over
+        # the single rank and copies them back (buffered_allreduce_fallback), an identity that costs a full
+        # gradient copy per micro-batch; its own engine turns this off when there is no process group.
+        ds.enable_backward_allreduce = False
     return DeepSpeedEngine(ds, trainer["zero_stage"], rank, tp=tp)
 
 

@@ -32,6 +32,7 @@ from app.train import run_checkpoints as rc
 from app.train.bad_input import NanGuard
 from app.train.data import shard_indices
 from app.train.elastic import grad_accum_for
+from app.train.deepspeed_config import effective_zero_stage
 from app.train.engine import make_engine
 from app.train.layout import choose_layout
 from app.train.loader import MicroBatches
@@ -208,7 +209,16 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
     root = Path(spec.ckpt_root) if spec.ckpt_root else None
     found, kind, skipped = rc.find_resume(hooks.latest(), root)
     meta = rc.read_meta(found) if found else None
+    stage, why = effective_zero_stage(t, world, meta["zero_stage"] if meta and meta.get("engine") == "deepspeed" else None)
+    configured_stage = int(t["zero_stage"])
+    if why:  # the whole run (engine, checkpoint meta) sees the stage it really uses
+        t = {**t, "zero_stage": stage}
+        spec = spec.model_copy(update={"trainer": t})
+        hooks.say(f"[train] {why}")
     events: list[dict] = json.loads((found / rc.EVENTS).read_text()) if kind == "full" else []
+    if why and meta is None:
+        events.append({"event": "zero_stage", "configured": configured_stage, "effective": stage,
+                       "reason": why, "step": 0})
     for path, problem in skipped:
         hooks.say(f"[train] WARNING: skipping checkpoint {path}: {problem}")
         events.append({"event": "skipped_checkpoint", "path": path, "problem": problem})

@@ -85,13 +85,14 @@ def flywheel(tmp_path_factory):
         cluster.shutdown()
 
 
-def _ask_labeler(fw, fn, timeout: float = 120):
-    """``fn(actor)`` run inside the Labeler actor, retried while Ray restarts it."""
+def _ask_labeler(fw, fn, timeout: float = 120, until=lambda v: True):
+    """``fn(actor)`` run inside the Labeler actor, retried while Ray restarts it (and until ``until(answer)``)."""
     from ray.exceptions import GetTimeoutError, RayActorError
 
     def once():
         try:
-            return (fw["ray"].get(fw["labeler"]().__ray_call__.remote(fn), timeout=30),)
+            v = fw["ray"].get(fw["labeler"]().__ray_call__.remote(fn), timeout=30)
+            return (v,) if until(v) else None
         except (RayActorError, GetTimeoutError, ValueError):  # restarting / not yet re-registered
             return None
 
@@ -149,7 +150,8 @@ def test_new_data_fires_volume_trigger_and_labeler_kill_loses_nothing(flywheel):
           "iteration 2 to reach train")
     pid = _ask_labeler(fw, lambda self: os.getpid())
     ray.kill(fw["labeler"](), no_restart=False)
-    assert _ask_labeler(fw, lambda self: os.getpid()) != pid  # a restarted process answers
+    # ray.kill is asynchronous: a call sent right after it may still reach the old process, so wait for a new pid
+    assert _ask_labeler(fw, lambda self: os.getpid(), until=lambda p: p != pid) != pid
     final = _wait(lambda: (s := status()) and s["state"] in ("stopped", "failed") and s, 600, "iteration 2")
     assert final["state"] == "stopped" and final["iteration_status"] == "idle" and final["iteration"] == 2, final
     assert final["completed_stages"][-1] == "deploy"

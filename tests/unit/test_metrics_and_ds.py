@@ -43,3 +43,21 @@ def test_deepspeed_bad_stage_and_offload():
         build_deepspeed_config(4, 1, 1, 1)
     with pytest.raises(ValueError, match="stage=3"):
         build_deepspeed_config(2, 1, 1, 1, offload_params=True)
+
+
+def test_single_worker_runs_zero_0_unless_offload_elastic_resume_or_override():
+    from app.config import TrainerConfig
+    from app.train.deepspeed_config import effective_zero_stage
+
+    t = TrainerConfig(zero_stage=2, num_workers=1).model_dump()
+    stage, why = effective_zero_stage(t, 1, None)
+    assert stage == 0 and "ZeRO-2 partitions nothing" in why
+    assert effective_zero_stage(t, 1, 0) == (0, why)  # resuming its own stage-0 checkpoint
+    assert effective_zero_stage(t, 2, None) == (2, None)  # two ranks: the stage partitions
+    assert effective_zero_stage(t, 1, 2) == (2, None)  # a ZeRO-2 checkpoint's optimiser state loads at stage 2
+    assert effective_zero_stage({**t, "min_workers": 1, "num_workers": 2}, 1, None) == (2, None)  # elastic
+    assert effective_zero_stage({**t, "offload_optimizer": True}, 1, None) == (2, None)
+    assert effective_zero_stage({**t, "engine": "torch"}, 1, None) == (2, None)
+    assert effective_zero_stage({**t, "deepspeed": {"zero_optimization": {"stage": 2}}}, 1, None) == (2, None)
+    t3 = TrainerConfig(zero_stage=3, num_workers=1, offload_params=True).model_dump()
+    assert effective_zero_stage(t3, 1, None) == (3, None)  # parameter offload needs stage 3

@@ -212,3 +212,28 @@ def test_curriculum_orders_the_data_by_token_count(models, tmp_path):
     n_tokens = row_tokens(task.features(tok))
     assert n_tokens.shape == (8,) and n_tokens.min() >= 2
     assert cur["history"][0]["loss"] != pytest.approx(shuffled["history"][0]["loss"], abs=1e-6)
+
+
+def test_deepspeed_one_rank_zero0_skips_the_identity_allreduce_and_keeps_exact_grads():
+    """World 1, ZeRO-0: DeepSpeed's backward all-reduce over one rank is off (it only copied every gradient);
+    the gradients are bit-for-bit those of plain autograd on the same model. ZeRO-2 keeps its own path."""
+    import copy
+
+    import torch
+
+    from app.train.engine import make_engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    ref = copy.deepcopy(model)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    t = {**TrainerConfig(micro_batch_size=4).model_dump(), "engine": "deepspeed", "zero_stage": 0}
+    eng = make_engine(model, [{"params": list(model.parameters()), "lr": 1e-3}], t, 1, 0, 1, 10, 0)
+    assert eng.ds.enable_backward_allreduce is False
+    eng.backward(torch.nn.functional.cross_entropy(eng(x), y))
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    z2 = copy.deepcopy(ref)
+    eng2 = make_engine(z2, [{"params": list(z2.parameters()), "lr": 1e-3}], {**t, "zero_stage": 2}, 1, 0, 1, 10, 0)
+    assert eng2.ds.enable_backward_allreduce is True
