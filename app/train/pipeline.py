@@ -184,9 +184,39 @@ class PipeEngine(DeepSpeedEngine):
         self.dp_world = ds_engine.grid.get_data_parallel_world_size()
         self.stage = ds_engine.stage_id
         self._names = {id(p): n for n, p in hf_model.named_parameters()}
+        self.step_skipped = False
+        # The 1F1B schedule ends in DeepSpeed's optimiser step, inside train_batch: the only place to skip an
+        # update whose loss was NaN/inf (the runner's NanGuard, which the other engines apply before backward).
+        self._take_step = ds_engine._take_model_step
+        ds_engine._take_model_step = self._guarded_step
+
+    def _loss_finite_everywhere(self) -> bool:
+        """Whether the summed micro-batch loss is finite, agreed by all ranks: only the last stage holds it
+        (``total_loss``) when the schedule reaches the optimiser step, so its verdict is all-reduced."""
+        import torch.distributed as dist
+
+        loss = self.ds.total_loss if self.ds.is_last_stage() else None
+        bad = torch.tensor([0.0 if loss is None or bool(torch.isfinite(loss).all()) else 1.0])
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return not bool(bad.item())
+
+    def _guarded_step(self, lr_kwargs=None, *args, **kwargs):
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+        self.step_skipped = not self._loss_finite_everywhere()
+        if self.step_skipped and not isinstance(self.ds.optimizer, ZeROOptimizer):
+            self.ds.zero_grad()  # ZeRO-0: the gradients live on the parameters only; drop them, no step
+            return
+        # ZeRO-1 keeps reduced partitions of its own: its step sees the non-finite gradient norm, skips the
+        # update and clears them (DeepSpeed's overflow path), and reports that through was_step_applied
+        self._take_step(lr_kwargs, *args, **kwargs)
+        if self.step_skipped and self.ds.was_step_applied():
+            raise FloatingPointError("a non-finite loss reached an optimiser step that DeepSpeed applied anyway; "
+                                     "the run stops and its checkpoints all predate this step")
 
     def train_batch(self, batches: list[dict]) -> torch.Tensor:
-        """One optimiser step over ``batches`` (grad_accum micro-batches); the mean loss, on every stage."""
+        """One optimiser step over ``batches`` (grad_accum micro-batches); the mean loss, on every stage.
+        ``step_skipped`` says afterwards whether the update was dropped for a non-finite loss."""
         return self.ds.train_batch(data_iter=iter([pipe_batch(b) for b in batches]))
 
     @contextlib.contextmanager

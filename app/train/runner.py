@@ -279,17 +279,17 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
     for step in range(start, plan.total):
         profiler.before(step + 1)
         ts, done, tokens, loss_sum, sums = time.time(), 0, 0, 0.0, {}
-        if engine.kind == "pipeline":  # one train_batch = grad_accum micro-batches through the stages + one step
+        while engine.kind == "pipeline":  # one train_batch = grad_accum micro-batches through the stages + step
             picks = [source.next() for _ in range(plan.ga)]
             k, epoch = k + plan.ga, picks[-1][1]
             bs = [b for b, _ in picks]
             loss = engine.train_batch(bs)
-            if not bool(torch.isfinite(loss)):
-                # the pipeline engine applies the step inside train_batch: there is nothing left to skip
-                raise FloatingPointError(f"step {step + 1}: non-finite loss {float(loss)} under pipeline "
-                                         f"parallelism, where a micro-batch cannot be skipped; the run stops "
-                                         f"and its checkpoints all predate this step")
-            done, tokens, loss_sum = plan.ga, sum(task.tokens(b) for b in bs), float(loss) * plan.ga
+            # the engine dropped the update if the loss was non-finite on the last stage (PipeEngine._guarded_step)
+            if guard.check(float("nan") if engine.step_skipped else loss.detach(), step=step + 1):
+                done, tokens, loss_sum = plan.ga, sum(task.tokens(b) for b in bs), float(loss) * plan.ga
+                break
+            hooks.say(f"[train] step {step + 1}: non-finite loss under pipeline parallelism, update dropped and "
+                      f"{plan.ga} micro-batches skipped ({guard.consecutive} in a row, {guard.skipped} in total)")
         while done < plan.ga:
             b, epoch = source.next()
             k += 1

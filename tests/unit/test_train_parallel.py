@@ -111,3 +111,34 @@ def test_use_gpu_auto_asks_only_when_the_cluster_has_a_gpu_per_minimum_worker():
     assert want_gpu(True, 0.0, 4)[0] is True and want_gpu(False, 8.0, 1)[0] is False  # explicit wins
     with pytest.raises(ValueError, match="trainer.use_gpu"):
         want_gpu("yes", 1.0, 1)
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_pipeline_engine_drops_the_update_of_a_non_finite_loss(zero):
+    """A NaN loss inside ``train_batch`` (where DeepSpeed steps) leaves every weight and the learning-rate
+    schedule as they were and sets ``step_skipped``; the next finite batch updates normally."""
+    from app.train.deepspeed_config import build_deepspeed_config
+    from app.train.engine import ensure_process_group
+    from app.train.pipeline import make_pipe_engine, pipe_loss
+
+    ensure_process_group()
+    model = _llama()
+    t = {**TrainerConfig(micro_batch_size=2, zero_stage=zero, lr=1e-2, warmup_ratio=0.5).model_dump()}
+    cfg = build_deepspeed_config(zero, 2, 1, 1, grad_clip=t["grad_clip"])
+    eng = make_pipe_engine(model, t, 1, 0, 1, 10, 0, cfg, 1)
+    ids = torch.randint(3, 50, (2, 7), generator=torch.Generator().manual_seed(2))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    def weights():
+        return [p.detach().clone() for p in eng.ds.module.parameters()]
+
+    before, lr0 = weights(), eng.lr()
+    eng.ds.module.loss_fn = lambda logits, labels: pipe_loss(logits, labels) * float("nan")
+    loss = eng.train_batch([batch])
+    assert not torch.isfinite(loss) and eng.step_skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, weights())) and eng.lr() == lr0
+    eng.ds.module.loss_fn = pipe_loss
+    loss = eng.train_batch([batch])
+    assert torch.isfinite(loss) and not eng.step_skipped
+    assert not all(torch.equal(a, b) for a, b in zip(before, weights())) and eng.lr() != lr0
+    assert all(bool(torch.isfinite(p).all()) for p in eng.ds.module.parameters())
