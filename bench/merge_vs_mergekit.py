@@ -13,7 +13,8 @@ Inputs (built once under ``--work``):
     of memory, not 2 GB.
 
 Each merge runs as its own subprocess (ours: ``python -m jobs.merge``; theirs: ``mergekit-yaml``); wall time
-and peak RSS come from ``os.wait4``'s rusage of that child. Order alternates per method so drift in the
+is measured around it, peak RSS and CPU time come from ``os.wait4``'s rusage of that child, taken in a small
+launcher process (a child of this bench would report the bench's own RSS as its peak: see ``_LAUNCH``). Order alternates per method so drift in the
 machine's load does not favour one side. Tensors are compared name by name (max |ours - theirs|). DARE draws
 random masks: mergekit uses torch's global RNG, we seed one generator per (tensor, model), so the masks cannot
 coincide; for DARE we compare distributions instead (fraction of coordinates changed, and the mean |delta|
@@ -165,18 +166,35 @@ def write_config(template: dict, models: dict[str, str], dtype: str, path: Path)
     return path
 
 
+# Forks and execs the tool from a fresh, small interpreter, then reports the tool's rusage. Linux keeps the
+# pre-exec image's high-water RSS across execve (signal->maxrss), and a child forked (or vforked) straight
+# from this bench starts from the bench's own RSS — several GB after comparing merged models — so wait4 on a
+# direct child reported max(bench, tool). Measured: `python -c pass` launched from a 2 GB parent reports
+# 1938 MiB, from this launcher 10 MiB.
+_LAUNCH = """import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": ru.ru_maxrss,
+               "cpu_s": ru.ru_utime + ru.ru_stime}, f)
+"""
+
+
 def timed(cmd: list[str], env: dict, log: Path) -> dict:
-    """Run ``cmd`` as a child; wall seconds and peak RSS (ru_maxrss of the child, in MiB) from ``os.wait4``."""
+    """Run ``cmd`` as a child; wall seconds, peak RSS (the tool's own ru_maxrss, in MiB) and CPU seconds
+    (user + sys), the last two from ``os.wait4`` in a small launcher process (see ``_LAUNCH``)."""
+    usage = log.with_suffix(".rusage.json")
     start = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(usage), *cmd], stdout=f, stderr=subprocess.STDOUT,
+                       env=env, cwd=str(ROOT), check=False)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}); see {log}:\n{log.read_text()[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+    u = json.loads(usage.read_text())
+    if u["rc"] != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({u['rc']}); see {log}:\n{log.read_text()[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(u["maxrss_kib"] / 1024, 1), "cpu_s": round(u["cpu_s"], 2)}
 
 
 def compare(ours: Path, theirs: Path, base: Path | None, exact: bool) -> dict:

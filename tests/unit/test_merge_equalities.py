@@ -95,3 +95,64 @@ def test_ties_trim_breaks_ties_at_the_cut_like_a_descending_argsort():
     kept = set(out.nonzero().flatten().tolist())
     assert len(kept) == 2 and kept <= {1, 2, 3}
     assert kept == set(torch.argsort(delta.abs(), descending=True)[:2].tolist())
+
+
+def test_selection_masks_equal_the_argsort_masks_with_and_without_ties():
+    # magnitude/breadcrumbs pick rank cuts by kthvalue and sort only when equal |delta| straddle a cut; the
+    # kept set must equal mergekit's argsort slices (descending [:k]; ascending [n_bot:n_bot+target_n]) always
+    from app.merge.methods import sparsify
+
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(997, generator=g),  # no ties: selection path
+              torch.randint(-4, 5, (1000,), generator=g).float(),  # ties at every cut: argsort path
+              (torch.randn(500, generator=g) * 0.01).to(torch.bfloat16)]
+    fast = 0
+    for x in inputs:
+        w, n = x.abs().float(), x.numel()
+        for density, gamma in [(0.3, 0.01), (0.5, 0.0), (0.9, 0.05), (0.8, 0.3)]:
+            k = max(1, int(density * n))
+            ref = torch.zeros(n, dtype=x.dtype)
+            ref[torch.argsort(w, descending=True)[:k]] = 1
+            assert torch.equal(sparsify.magnitude(x, density), x * ref)
+            keep, n_top = int(density * n), int(gamma * n)
+            n_bot = max(0, n - keep - n_top)
+            if n_top == 0:
+                n_bot = n - keep  # gamma 0 keeps the top (documented difference from mergekit's [n_bot:-0])
+            ref = torch.zeros(n, dtype=x.dtype)
+            ref[torch.argsort(w)[n_bot : n_bot + keep]] = 1
+            assert torch.equal(sparsify.breadcrumbs(x, density, gamma=gamma), x * ref)
+            fast += sparsify._rank_band(w, n_bot, n_bot + keep) is not None
+    assert 4 <= fast < 12  # both paths were exercised
+
+
+def test_rows_sorted_together_keep_what_one_model_at_a_time_keeps():
+    # bf16 task vectors big enough that only a sort decides (sparsify._ties_certain): sparsify_rows argsorts all
+    # models in one 2-D call (rows in parallel); the result, ties included, must equal mergekit-style 1-D
+    # argsorts per model, with per-model densities, rescaling and a model left dense (density 1)
+    from app.merge.methods import sparsify
+
+    g = torch.Generator().manual_seed(3)
+    n = (1 << 18) + 1000
+    deltas = (torch.randn(3, n, generator=g) * 0.01).to(torch.bfloat16)
+    assert sparsify._ties_certain(deltas[0])
+    w = deltas.abs().float()
+    assert int((w[0] == torch.sort(w[0]).values[n // 2]).sum()) > 100  # many ties at a cut
+    density, gamma = [0.3, 0.6, 1.0], [0.01, 0.05, 0.01]
+    for rescale in (False, True):
+        mag = sparsify.sparsify_rows(deltas.clone(), "magnitude", density, rescale=rescale)
+        bc = sparsify.sparsify_rows(deltas.clone(), "breadcrumbs", density, gamma, rescale=rescale)
+        for i in range(3):
+            k = max(1, int(density[i] * n))
+            ref = torch.zeros(n, dtype=deltas.dtype)
+            ref[torch.argsort(w[i], descending=True)[:k]] = 1
+            want = deltas[i] * ref
+            want = sparsify._l1_rescale(deltas[i], want) if rescale and density[i] < 1 else want
+            assert torch.equal(mag[i], want if density[i] < 1 else deltas[i])
+            keep, n_top = int(density[i] * n), int(gamma[i] * n)
+            ref = torch.zeros(n, dtype=deltas.dtype)
+            ref[torch.argsort(w[i])[n - keep - n_top : n - n_top]] = 1
+            want = deltas[i] * ref
+            want = sparsify._l1_rescale(deltas[i], want) if rescale and density[i] < 1 else want
+            assert torch.equal(bc[i], want if density[i] < 1 else deltas[i])
+    with pytest.raises(ValueError, match="sparsifier='dare'"):
+        sparsify.sparsify_rows(deltas, "dare", density)

@@ -53,16 +53,12 @@ def generalized_task_arithmetic(
     # one (n, *S) buffer filled row by row (no list + torch.stack copy)
     stacked = base.new_empty((len(tensors), *base.shape))
     for i, x in enumerate(tensors):
-        d = x.to(base.dtype) - base
-        if sparsifier == "magnitude":
-            d = sp.magnitude(d, density[i], rescale=rescale)
-        elif sparsifier == "breadcrumbs":
-            d = sp.breadcrumbs(d, density[i], gamma=gamma[i], rescale=rescale)
-        elif sparsifier == "dare":
-            gen = torch.Generator(device=d.device).manual_seed(_seed(info, i))
-            d = sp.dare(d, density[i], gen, rescale=rescale)
-        stacked[i] = d
-        del d
+        torch.sub(x.to(base.dtype), base, out=stacked[i])
+        if sparsifier == "dare":
+            gen = torch.Generator(device=base.device).manual_seed(_seed(info, i))
+            stacked[i] = sp.dare(stacked[i], density[i], gen, rescale=rescale)
+    if sparsifier in ("magnitude", "breadcrumbs"):  # all models at once: one parallel sort (sparsify_rows)
+        sp.sparsify_rows(stacked, sparsifier, density, gamma, rescale=rescale)
     w = torch.tensor(weight, dtype=stacked.dtype, device=stacked.device).view(-1, *([1] * base.dim()))
     wd = stacked.mul_(w)
     if consensus != "none":
