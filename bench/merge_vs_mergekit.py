@@ -14,11 +14,10 @@ Inputs (built once under ``--work``):
 
 Each merge runs as its own subprocess (ours: ``python -m jobs.merge``; theirs: ``mergekit-yaml``); wall time
 is measured around it, peak RSS and CPU time come from ``os.wait4``'s rusage of that child, taken in a small
-launcher process (a child of this bench would report the bench's own RSS as its peak: see ``_LAUNCH``). Order alternates per method so drift in the
-machine's load does not favour one side. Tensors are compared name by name (max |ours - theirs|). DARE draws
-random masks: mergekit uses torch's global RNG, we seed one generator per (tensor, model), so the masks cannot
-coincide; for DARE we compare distributions instead (fraction of coordinates changed, and the mean |delta|
-per tensor).
+launcher process (a child of this bench would report the bench's own RSS as its peak: see ``_LAUNCH``). Order
+alternates per method so drift in the machine's load does not favour one side. Tensors are compared name by
+name (max |ours - theirs|), DARE's too: with ``dare_rng: mergekit`` (the default) our masks are mergekit's
+``--random-seed 0`` masks.
 """
 
 from __future__ import annotations
@@ -58,10 +57,10 @@ METHODS: dict[str, tuple[dict, bool]] = {
                     True),
     "dare_ties": ({"merge_method": "dare_ties", "base_model": "base",
                    "models": [{"model": "ft0", "parameters": {"weight": 0.5, "density": 0.5}},
-                              {"model": "ft1", "parameters": {"weight": 0.5, "density": 0.7}}]}, False),
+                              {"model": "ft1", "parameters": {"weight": 0.5, "density": 0.7}}]}, True),
     "dare_linear": ({"merge_method": "dare_linear", "base_model": "base",
                      "models": [{"model": "ft0", "parameters": {"weight": 0.5, "density": 0.5}},
-                                {"model": "ft1", "parameters": {"weight": 0.5, "density": 0.7}}]}, False),
+                                {"model": "ft1", "parameters": {"weight": 0.5, "density": 0.7}}]}, True),
 }
 
 

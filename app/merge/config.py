@@ -2,7 +2,7 @@
 
 mergekit keys: ``merge_method``, ``models`` (``model`` + ``parameters``) or ``slices`` (``sources`` with
 ``layer_range``), ``base_model``, ``parameters``, ``dtype``, ``out_dtype``, ``tokenizer_source``.
-Flywheel keys: ``embed_resize``, ``random_seed``, ``max_shard_size``, ``workers``, ``calibration``.
+Flywheel keys: ``embed_resize``, ``random_seed``, ``dare_rng``, ``max_shard_size``, ``workers``, ``calibration``.
 Everything, including model paths and every method parameter, is checked here, before any tensor is read,
 and all problems are reported together.
 """
@@ -113,6 +113,9 @@ class MergeConfig(BaseModel):
         "error", description="vocab size mismatch: fail, or pad rows with each model's mean embedding"
     )
     random_seed: int = Field(0, description="seed for DARE's random masks")
+    dare_rng: Literal["mergekit", "per_tensor"] = Field(
+        "mergekit", description="DARE masks: one generator in tensor-name order (mergekit --random-seed's masks; "
+        "one local worker) or one per tensor and model (any order: workers, Ray)")
     max_shard_size: int | str = Field("5B", description="bytes per output shard: int or '500M', '2G', '5B'")
     workers: int = Field(1, ge=1, description="tensors merged concurrently (memory grows with this)")
     calibration: CalibrationConfig | None = Field(None, description="data for fisher / regmean statistics")

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from app.merge import io, registry
-from app.merge.errors import MergeInputError
+from app.merge.errors import MergeConfigError, MergeInputError
 from app.merge.plan import MergePlan, SourceRef, TensorTask
 from app.merge.writer import ShardWriter, parse_size
 
@@ -70,8 +70,10 @@ def _load_stat(task: TensorTask, ref: SourceRef | None) -> torch.Tensor | None:
     return s
 
 
-def execute_task(task: TensorTask) -> torch.Tensor:
+def execute_task(task: TensorTask, rng: torch.Generator | None = None) -> torch.Tensor:
     """Compute one output tensor (shape ``task.out_shape``, dtype ``task.out_dtype``) from its files.
+
+    ``rng``: the plan's shared random stream (``MergePlan.random_stream``), passed to methods that draw.
 
     Raises:
         MergeInputError: an input holds NaN/inf, or the merge produced NaN/inf.
@@ -85,6 +87,8 @@ def execute_task(task: TensorTask) -> torch.Tensor:
     kwargs = {registry.kwarg_name(k): v for k, v in {**task.model_params, **task.global_params}.items()}
     if task.stats is not None:
         kwargs["stats"] = [_load_stat(task, r) for r in task.stats]
+    if rng is not None and method.draws:
+        kwargs["rng"] = rng
     out = method.fn(tensors, base=base, info=task.info, **kwargs)
     if tuple(out.shape) != task.out_shape:
         raise AssertionError(
@@ -153,6 +157,13 @@ def run_merge(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeInputError(f"output directory {str(out_dir)!r} is not empty; choose another or pass overwrite")
+    fn = execute_task
+    if plan.random_stream is not None:  # one generator drawn in the plan's order: no concurrency
+        if workers > 1 or map_fn is not None:
+            raise MergeConfigError("dare_rng: 'mergekit' draws DARE masks from one generator in tensor-name order, "
+                                   "which needs workers: 1 and a local merge; set dare_rng: per_tensor to merge "
+                                   "in parallel or on Ray")
+        fn = partial(execute_task, rng=torch.Generator().manual_seed(plan.random_stream))
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -164,7 +175,7 @@ def run_merge(
 
         with tqdm(total=len(plan.tasks), desc="merging", unit="tensor", disable=not progress) as bar:
             tasks = prefetched(plan.tasks) if map_fn is None else plan.tasks  # Ray workers read elsewhere
-            for task, tensor in zip(plan.tasks, mapper(execute_task, tasks)):
+            for task, tensor in zip(plan.tasks, mapper(fn, tasks)):
                 writer.write(task.info.name, tensor)
                 bar.update()
         index = writer.close()

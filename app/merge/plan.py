@@ -72,6 +72,7 @@ class MergePlan:
     tokenizer_dir: Path
     notes: list[str]
     num_layers: int
+    random_stream: int | None = None  # seed of one generator drawn by every task in order (dare_rng: mergekit)
 
     def specs(self) -> list[TensorSpec]:
         return [TensorSpec(t.info.name, t.out_shape, getattr(torch, t.out_dtype)) for t in self.tasks]
@@ -198,7 +199,15 @@ def build_plan(cfg: MergeConfig, stats_paths: dict[str, str] | None = None) -> M
             out_config[k] = _dtype_name(DTYPE_NAMES[out_dtype])
     tok = cfg.tokenizer_source
     tokenizer_dir = src.path if tok in (None, "base") else (models[tok].path if tok in models else Path(tok))
-    return MergePlan(tasks, out_config, src.path, tokenizer_dir, cfg.notes(), num_layers)
+    stream = None
+    if cfg.dare_rng == "mergekit" and any(registry.get(t.method).draws for t in tasks):
+        # mergekit's executor merges tensors in name order (a lexicographic topological sort keyed by tensor
+        # name) and draws DARE masks from torch's global generator, seeded by --random-seed, model by model in
+        # config order; computing in that order from one generator with that seed gives its masks bit for bit
+        # (bench/merge_vs_mergekit.py). The output index maps names to shards, so the order is free here.
+        tasks = sorted(tasks, key=lambda t: t.info.name)
+        stream = cfg.random_seed
+    return MergePlan(tasks, out_config, src.path, tokenizer_dir, cfg.notes(), num_layers, stream)
 
 
 def _check_same_names(models: list[ModelFiles]) -> None:

@@ -86,6 +86,7 @@ class MergeMethod:
     max_models: int | None = None
     stats: str | None = None  # model parameter holding a per-model statistics file ("fisher", "gram")
     prepare: Callable[[list], list] | None = None  # optional pass over all tensor tasks before merging
+    draws: bool = False  # takes ``rng``: a random stream shared across tensors (DARE, dare_rng: mergekit)
     reference: str = ""
 
     def all_params(self) -> dict[str, Param]:

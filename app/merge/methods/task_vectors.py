@@ -38,6 +38,7 @@ def generalized_task_arithmetic(
     density=None,
     gamma=None,
     sparsifier=None,
+    rng=None,
 ):
     """Merge task vectors (see module docstring).
 
@@ -47,6 +48,8 @@ def generalized_task_arithmetic(
         weight, density, gamma: n per-model values.
         consensus: ``"none"`` or a sign-resolution mode of ``consensus.resolve_signs``.
         sparsifier: ``None``, ``"magnitude"``, ``"dare"`` or ``"breadcrumbs"``.
+        rng: DARE's generator shared across tensors (``dare_rng: mergekit``); None: one seeded per tensor and
+            model from ``info.seed``.
     Returns:
         Tensor of shape S in ``base.dtype``.
     """
@@ -55,7 +58,7 @@ def generalized_task_arithmetic(
     for i, x in enumerate(tensors):
         torch.sub(x.to(base.dtype), base, out=stacked[i])
         if sparsifier == "dare":
-            gen = torch.Generator(device=base.device).manual_seed(_seed(info, i))
+            gen = rng if rng is not None else torch.Generator(device=base.device).manual_seed(_seed(info, i))
             stacked[i] = sp.dare(stacked[i], density[i], gen, rescale=rescale)
     if sparsifier in ("magnitude", "breadcrumbs"):  # all models at once: one parallel sort (sparsify_rows)
         sp.sparsify_rows(stacked, sparsifier, density, gamma, rescale=rescale)
@@ -108,6 +111,7 @@ def _register(name, *, sparsifier, consensus, normalize, rescale, reference):
                 "int8_mask": "int8_mask only changes mergekit's mask dtype (memory), not the result; ignored",
                 **({"density": "density has no effect without sparsification; ignored"} if sparsifier is None else {}),
             },
+            draws=sparsifier == "dare",
             reference=reference,
         )
     )
