@@ -1,5 +1,5 @@
 """Compute to reach a target: trial-iterations a study spends until some trial first reports a validation
-accuracy >= a target, for random search, ASHA, Hyperband, PBT and TPE, each over several seeds, at equal budget
+accuracy >= a target, for random search, ASHA, Hyperband, PBT, TPE and TPE + ASHA, each over several seeds, at equal budget
 (same search space, trials per study and iterations per trial), on the same real task: SST-2 sentences from
 the shipped data (2048 train / 200 val), tiny-bert, the real trainer (torch engine, one process per trial).
 
@@ -46,6 +46,10 @@ METHODS = {
     "pbt": ({"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
              "mutable": ["learning_rate", "head_lr"]}, {"type": "random"}),
     "tpe": ({"type": "random"}, {"type": "tpe", "n_startup_trials": 4, "max_concurrent": 2}),
+    # TPE proposing, ASHA stopping: the pairing of BOHB (Falkner et al., ICML 2018), with Optuna's TPE in place
+    # of BOHB's own KDE model: the search learns from every rung result while bad trials still stop early
+    "tpe_asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3},
+                 {"type": "tpe", "n_startup_trials": 4, "max_concurrent": 2}),
 }
 
 

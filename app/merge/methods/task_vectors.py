@@ -8,9 +8,10 @@ All work on deltas from ``base_model`` (Ilharco et al. 2023, https://arxiv.org/a
     theta = theta_base + lambda * (mixed / divisor if normalize else mixed)
 
 with mergekit's defaults per method (``normalize`` true only for ``ties``; ``rescale`` true for DARE, an L1
-norm match as in mergekit 0.1.5; ``lambda`` 1), so a mergekit config gives the same tensors (DARE's random
-masks aside: ours are seeded per tensor with ``random_seed``, mergekit draws from torch's global RNG in its
-own execution order, so the two cannot coincide; bench/merge_vs_mergekit.py compares their statistics).
+norm match as in mergekit 0.1.5; ``lambda`` 1), so a mergekit config gives the same tensors — DARE's seeded
+masks too, when the engine passes ``rng``, one generator seeded with ``random_seed`` and drawn in tensor-name
+order as mergekit's executor does (``dare_rng: mergekit``, see app/merge/plan.py); without it each (tensor,
+model) gets its own seeded generator, independent of order.
 """
 
 from __future__ import annotations
