@@ -64,7 +64,12 @@ def main() -> None:
     p.add_argument("--store", default="/tmp/flywheel-bench-tune")
     p.add_argument("--out", default=str(OUT / "tune_compute_to_target.json"), help="result JSON")
     p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="study-name suffix (names are unique)")
+    p.add_argument("--resummarise", action="store_true",
+                   help="recompute the summary of the studies already in --out (same flags as the run) and exit")
     args = p.parse_args()
+    if args.resummarise:
+        print(json.dumps(write(args, json.loads(Path(args.out).read_text())["runs"]), indent=1))
+        return
 
     import ray
 
@@ -116,16 +121,22 @@ def write(args, runs: list[dict]) -> dict:
             rs = [r for r in runs if r["method"] == method]
             if not rs:
                 continue
-            # censored: a study that never reached the target is charged its whole spend
+            # censored: a study that never reached the target is charged its whole spend, which flatters a
+            # method that stops every trial early; so also charged the full budget (num_samples x max_t)
             cost = [r["iterations_to_target"][t] or r["total_iterations"] for r in rs]
+            full = [r["iterations_to_target"][t] or args.num_samples * args.max_t for r in rs]
             summary[t][method] = {"mean_iterations_to_target": statistics.mean(cost), "per_seed": cost,
+                                  "mean_unreached_at_budget": statistics.mean(full),
                                   "reached": sum(r["iterations_to_target"][t] is not None for r in rs),
                                   "seeds": len(rs),
                                   "mean_total_iterations": statistics.mean(r["total_iterations"] for r in rs),
                                   "mean_best_score": statistics.mean(r["best_score"] or 0.0 for r in rs)}
         base = summary[t].get("random", {}).get("mean_iterations_to_target")
+        base_full = summary[t].get("random", {}).get("mean_unreached_at_budget")
         for s in summary[t].values():
             s["ratio_to_random"] = round(s["mean_iterations_to_target"] / base, 3) if base else None
+            s["ratio_to_random_unreached_at_budget"] = (round(s["mean_unreached_at_budget"] / base_full, 3)
+                                                        if base_full else None)
     out = {"bench": "tune_compute_to_target", "targets": args.targets, "num_samples": args.num_samples,
            "max_t": args.max_t, "steps_per_iteration": args.steps_per_iteration,
            "task": "SST-2 2048 train / 200 val", "space": SPACE,
