@@ -9,7 +9,9 @@ check failed) or "done" (the last step passed). The caller (a Ray actor) owns ti
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +39,9 @@ class CanaryPlan(BaseModel):
     max_accuracy_drop: float | None = Field(
         0.05, ge=0, le=1, description="largest champion minus challenger feedback accuracy; checked only where "
         "both have min_samples feedback labels in the window; None skips the check")
+    accuracy_drop_confidence: float | None = Field(
+        None, gt=0.5, lt=1, description="roll back on accuracy only when the drop exceeds max_accuracy_drop at this "
+        "one-sided confidence (Newcombe's interval on the two windows' accuracies); None compares point estimates")
     min_samples: int = Field(
         30, ge=1, description="least champion latencies / comparisons / labels before those checks count")
 
@@ -88,8 +93,32 @@ class WindowStats:
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
             "compared": self.compared, "agreement": self.agreed / self.compared if self.compared else None,
-            "labelled": self.labelled, "accuracy": self.correct / self.labelled if self.labelled else None,
+            "labelled": self.labelled, "correct": self.correct, "accuracy": self.correct / self.labelled if self.labelled else None,
         }
+
+
+def _wilson(correct: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval (lo, hi) of a proportion correct / n at normal quantile z."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def accuracy_drop_lower_bound(champ_correct: int, champ_n: int, chall_correct: int, chall_n: int,
+                              confidence: float) -> float:
+    """One-sided lower confidence bound on champion accuracy minus challenger accuracy.
+
+    Newcombe (1998), "Interval estimation for the difference between independent proportions", method 10:
+    ``d - sqrt((p1 - l1)^2 + (u2 - p2)^2)`` with d = p1 - p2 and (l, u) Wilson score limits at z = Phi^-1(conf).
+    Written here because scipy/scikit-learn have no difference-of-proportions interval and it is five lines;
+    it keeps its coverage on the small windows a canary judges, where the Wald interval does not.
+    """
+    z = NormalDist().inv_cdf(confidence)
+    p1, p2 = champ_correct / champ_n, chall_correct / chall_n
+    l1, _ = _wilson(champ_correct, champ_n, z)
+    _, u2 = _wilson(chall_correct, chall_n, z)
+    return (p1 - p2) - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
 
 
 @dataclass(frozen=True)
@@ -108,7 +137,8 @@ def evaluate_window(plan: CanaryPlan, champion_stats: dict[str, Any] | WindowSta
 
     Checks (each on a full window only): error_rate <= max_error_rate; p99_ch / p99_champ <= p99_ratio_max;
     agreement >= min_agreement; accuracy >= min_accuracy (when set); champion accuracy - challenger accuracy
-    <= max_accuracy_drop (feedback labels, only when both have min_samples of them). A check without enough data
+    <= max_accuracy_drop (feedback labels, only when both have min_samples of them; with
+    accuracy_drop_confidence, the drop's Newcombe lower bound must exceed it to fail). A check without enough data
     (fewer than `min_samples` champion latencies, comparisons or labels) makes the result insufficient
     (hold) unless another check failed outright (rollback).
 
@@ -151,9 +181,20 @@ def evaluate_window(plan: CanaryPlan, champion_stats: dict[str, Any] | WindowSta
         # (it never holds a window waiting for them); `min_accuracy` is the check that demands labels.
         drop = champ["accuracy"] - chall["accuracy"]
         metrics["champion_accuracy"], metrics["accuracy_drop"] = champ["accuracy"], drop
-        if drop > plan.max_accuracy_drop:
-            failed.append(f"feedback accuracy {chall['accuracy']:.4f} is {drop:.4f} below the champion's "
-                          f"{champ['accuracy']:.4f} > max_accuracy_drop {plan.max_accuracy_drop}")
+        if plan.accuracy_drop_confidence is None:
+            if drop > plan.max_accuracy_drop:
+                failed.append(f"feedback accuracy {chall['accuracy']:.4f} is {drop:.4f} below the champion's "
+                              f"{champ['accuracy']:.4f} > max_accuracy_drop {plan.max_accuracy_drop}")
+        else:
+            # Two windows answer different requests: identical models differ by chance on small windows, so
+            # the drop must be established at the stated confidence, not merely observed.
+            lo = accuracy_drop_lower_bound(champ["correct"], champ["labelled"], chall["correct"],
+                                           chall["labelled"], plan.accuracy_drop_confidence)
+            metrics["accuracy_drop_lower_bound"] = lo
+            if lo > plan.max_accuracy_drop:
+                failed.append(f"feedback accuracy {chall['accuracy']:.4f} is {drop:.4f} below the champion's "
+                              f"{champ['accuracy']:.4f}; at {plan.accuracy_drop_confidence:.0%} confidence the "
+                              f"drop is at least {lo:.4f} > max_accuracy_drop {plan.max_accuracy_drop}")
     if failed:
         return GateResult(False, failed, metrics)
     return GateResult(not missing, missing, metrics, insufficient=bool(missing))

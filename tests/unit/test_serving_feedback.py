@@ -74,6 +74,37 @@ def test_accuracy_gate_compares_challenger_with_champion_where_labels_exist():
     assert evaluate_window(PLAN.model_copy(update={"max_accuracy_drop": None}), win(4, 4), win(4, 0)).passed
 
 
+def test_accuracy_drop_bound_matches_newcombe_and_spares_small_chance_gaps():
+    from app.serving.canary import accuracy_drop_lower_bound
+
+    # Newcombe (1998) Table II, method 10, 95 % two-sided (= 97.5 % one-sided) lower limits
+    assert accuracy_drop_lower_bound(56, 70, 48, 80, 0.975) == pytest.approx(0.0524, abs=1e-4)
+    assert accuracy_drop_lower_bound(9, 10, 3, 10, 0.975) == pytest.approx(0.1705, abs=1e-4)
+
+    def win(labelled, correct):
+        s = WindowStats()
+        for i in range(max(4, labelled)):
+            s.record(10.0)
+            s.record_agreement(True)
+        for i in range(labelled):
+            s.record_feedback(i < correct)
+        return s
+
+    sure = PLAN.model_copy(update={"accuracy_drop_confidence": 0.95})
+    # what CI saw from two identical models: champion 18/20 = 0.9, challenger 9/16 = 0.5625. The point drop
+    # 0.3375 fails a 0.3 tolerance; at 95 % the drop is only known to exceed 0.0957, which passes
+    loose = sure.model_copy(update={"max_accuracy_drop": 0.3})
+    assert not evaluate_window(loose.model_copy(update={"accuracy_drop_confidence": None}),
+                               win(20, 18), win(16, 9)).passed
+    ok = evaluate_window(loose, win(20, 18), win(16, 9))
+    assert ok.passed and ok.metrics["accuracy_drop_lower_bound"] == pytest.approx(0.0957, abs=1e-4)
+    # a real drop is still caught: 50/50 vs 10/50, bound 0.681 > 0.1
+    bad = evaluate_window(sure, win(50, 50), win(50, 10))
+    assert not bad.passed and bad.reasons == [
+        "feedback accuracy 0.2000 is 0.8000 below the champion's 1.0000; at 95% confidence the drop is at "
+        "least 0.6810 > max_accuracy_drop 0.1"]
+
+
 def test_feedback_rolls_back_a_less_accurate_challenger():
     r = Rollout(PLAN)
     r.set_champion(_v("a"), 0.0)
