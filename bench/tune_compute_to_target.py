@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -51,6 +52,7 @@ METHODS = {
     "tpe_asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3},
                  {"type": "tpe", "n_startup_trials": 4, "max_concurrent": 2}),
 }
+STOPPING = ("asha", "hyperband", "tpe_asha")  # methods whose scheduler stops trials before max_t
 
 
 def main() -> None:
@@ -58,7 +60,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--targets", type=float, nargs="+", default=[0.68, 0.7], help="validation accuracies")
-    p.add_argument("--num-samples", type=int, default=12)
+    p.add_argument("--num-samples", type=int, default=12, help="trials of a method that runs every trial to max_t")
+    p.add_argument("--stopping-samples", type=int, default=None,
+                   help="trials at most for a method that stops trials early (asha, hyperband, tpe_asha): it may "
+                   "spend what it saves on more configs; every study is capped at the same --budget "
+                   "(default: --num-samples, the equal-trials comparison of runs r1-r5)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="trial-iterations per study (StudyConfig.budget); default num_samples x max_t")
     p.add_argument("--max-t", type=int, default=9)
     p.add_argument("--steps-per-iteration", type=int, default=16)
     p.add_argument("--store", default="/tmp/flywheel-bench-tune")
@@ -87,21 +95,27 @@ def main() -> None:
             time.sleep(20)
     else:
         raise SystemExit("could not start a local Ray cluster")
+    budget = args.budget or args.num_samples * args.max_t
     runs = []
     for seed in args.seeds:  # seeds outer: a run cut short still compares every method on the first seeds
         for method in args.methods:
             sched, search = METHODS[method]
+            n = args.stopping_samples if args.stopping_samples and method in STOPPING else args.num_samples
             cfg, space = parse_study({
                 "name": f"bench-{method}-s{seed}-{args.tag}", "space": SPACE, "scheduler": sched, "search": search,
-                "metric": "val_accuracy", "mode": "max", "num_samples": args.num_samples, "max_t": args.max_t,
-                "seed": seed, "store": args.store, "tracking": {"enabled": False}, "target": max(args.targets),
+                "metric": "val_accuracy", "mode": "max", "num_samples": n, "max_t": args.max_t,
+                "budget": budget, "seed": seed, "store": args.store, "tracking": {"enabled": False},
+                "target": max(args.targets),
                 "task": TASK,
                 "trainer": {"steps_per_iteration": args.steps_per_iteration, "reuse_actors": True}})
             t0 = time.time()
             result = run_study(cfg, space)
             records = json.loads((study_dir(cfg) / "history.json").read_text())
             hits = {str(t): iterations_to_target(records, "val_accuracy", "max", t) for t in args.targets}
-            runs.append({"method": method, "seed": seed, "iterations_to_target": hits,
+            # reports of trials in flight when the budget ran out arrive after it: beyond the budget is unreached
+            hits = {t: h if h is not None and h <= budget else None for t, h in hits.items()}
+            runs.append({"method": method, "seed": seed, "num_samples": n, "budget": budget,
+                         "iterations_to_target": hits,
                          "total_iterations": result["total_iterations"],
                          "best_score": result["best"]["score"] if result["best"] else None,
                          "errored": sum(t["status"] == "errored" for t in result["trials"]),
@@ -123,8 +137,9 @@ def write(args, runs: list[dict]) -> dict:
                 continue
             # censored: a study that never reached the target is charged its whole spend, which flatters a
             # method that stops every trial early; so also charged the full budget (num_samples x max_t)
-            cost = [r["iterations_to_target"][t] or r["total_iterations"] for r in rs]
-            full = [r["iterations_to_target"][t] or args.num_samples * args.max_t for r in rs]
+            cost = [r["iterations_to_target"][t] or min(r["total_iterations"], r.get("budget") or math.inf)
+                    for r in rs]
+            full = [r["iterations_to_target"][t] or r.get("budget", args.num_samples * args.max_t) for r in rs]
             summary[t][method] = {"mean_iterations_to_target": statistics.mean(cost), "per_seed": cost,
                                   "mean_unreached_at_budget": statistics.mean(full),
                                   "reached": sum(r["iterations_to_target"][t] is not None for r in rs),
@@ -138,7 +153,9 @@ def write(args, runs: list[dict]) -> dict:
             s["ratio_to_random_unreached_at_budget"] = (round(s["mean_unreached_at_budget"] / base_full, 3)
                                                         if base_full else None)
     out = {"bench": "tune_compute_to_target", "targets": args.targets, "num_samples": args.num_samples,
-           "max_t": args.max_t, "steps_per_iteration": args.steps_per_iteration,
+           "stopping_samples": args.stopping_samples or args.num_samples,
+           "budget": args.budget or args.num_samples * args.max_t, "max_t": args.max_t,
+           "steps_per_iteration": args.steps_per_iteration,
            "task": "SST-2 2048 train / 200 val", "space": SPACE,
            "methods": {m: {"scheduler": a, "search": b} for m, (a, b) in METHODS.items()},
            "backbone": "tiny-bert", "machine": f"{platform.machine()}, 2 CPUs for Ray, shared with other jobs",

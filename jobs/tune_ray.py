@@ -152,24 +152,41 @@ class AdaptiveTuneStopper(tune.Stopper):
         return False
 
 
-class TargetStopper(tune.Stopper):
-    """Ends the whole study once any trial reports `metric` at or beyond `target` (>= for max, <= for min):
-    what "compute to reach a target" needs, and what a user who only wants a good-enough config wants.
-    Optionally wraps the adaptive stopper, whose per-trial decisions it passes through."""
+class StudyStopper(tune.Stopper):
+    """Ends the whole study once any trial reports `metric` at or beyond `target` (>= for max, <= for min), or
+    once its trials have reported `budget` iterations in total. The target is what "compute to reach a target"
+    needs and what a user who only wants a good-enough config wants; the budget caps compute, not trials, so
+    a scheduler that stops trials early spends what it saves on more configs (Li et al., JMLR 2018, compare
+    methods at equal resource). Optionally wraps the adaptive stopper, whose per-trial decisions it passes
+    through."""
 
-    def __init__(self, metric: str, mode: str, target: float, inner: AdaptiveTuneStopper | None = None):
-        self.metric, self.mode, self.target, self.inner = metric, mode, float(target), inner
+    def __init__(self, metric: str, mode: str, target: float | None = None, budget: int | None = None,
+                 inner: AdaptiveTuneStopper | None = None):
+        self.metric, self.mode, self.inner = metric, mode, inner
+        self.target = None if target is None else float(target)
+        self.budget, self.spent = budget, 0
         self.reached_by: str | None = None
 
     def __call__(self, trial_id: str, result: dict) -> bool:
+        self.spent += 1  # one call per reported iteration of any trial
         value = result.get(self.metric)
-        if value is not None and math.isfinite(float(value)) and self.reached_by is None and (
+        if self.target is not None and value is not None and math.isfinite(float(value)) \
+                and self.reached_by is None and (
                 float(value) >= self.target if self.mode == "max" else float(value) <= self.target):
             self.reached_by = trial_id
         return self.inner(trial_id, result) if self.inner is not None else False
 
     def stop_all(self) -> bool:
-        return self.reached_by is not None
+        return self.ended_by is not None
+
+    @property
+    def ended_by(self) -> str | None:
+        """Why the study ended (target reached first, else budget spent), or None while it goes on."""
+        if self.reached_by is not None:
+            return f"study target {self.metric} {self.target:g} reached by trial {self.reached_by}"
+        if self.budget is not None and self.spent >= self.budget:
+            return f"study budget of {self.budget} trial-iterations spent"
+        return None
 
     @property
     def reasons(self) -> dict[str, str]:  # per-trial stops, as AdaptiveTuneStopper.reasons
@@ -180,7 +197,7 @@ class StudyCallback(tune.Callback):
     """Driver-side record of every trial (see app.tune.results for the record format), saved to
     `history_path` after each event so `Tuner.status()` and `--resume` can read it."""
 
-    def __init__(self, space: SearchSpace, history_path: Path, stopper: AdaptiveTuneStopper | TargetStopper | None,
+    def __init__(self, space: SearchSpace, history_path: Path, stopper: AdaptiveTuneStopper | StudyStopper | None,
                  records: dict[str, dict] | None = None):
         self.space, self.path, self.stopper = space, Path(history_path), stopper
         self.records: dict[str, dict] = dict(records or {})
@@ -231,22 +248,20 @@ class StudyCallback(tune.Callback):
             rec["status"] = "finished"
             if self.stopper is not None and trial.trial_id in self.stopper.reasons:
                 rec["stopped_by"] = self.stopper.reasons[trial.trial_id]
-            elif getattr(self.stopper, "reached_by", None):  # TargetStopper ended the whole study
-                t = self.stopper
-                rec["stopped_by"] = f"study target {t.metric} {t.target:g} reached by trial {t.reached_by}"
+            elif getattr(self.stopper, "ended_by", None):  # StudyStopper ended the whole study
+                rec["stopped_by"] = self.stopper.ended_by
         self.save()
 
     def on_experiment_end(self, trials, **info):
-        # results are saved at most once a second: flush the last ones. When a study target ended the study,
-        # Ray stops the trials still running without on_trial_complete; close their records here
-        reached = getattr(self.stopper, "reached_by", None)
-        if reached:
-            t = self.stopper
+        # results are saved at most once a second: flush the last ones. When a study target or budget ended the
+        # study, Ray stops the trials still running without on_trial_complete; close their records here
+        ended = getattr(self.stopper, "ended_by", None)
+        if ended:
             with self.lock:
                 for rec in self.records.values():
                     if rec["status"] == "running":
                         rec["status"] = "finished"
-                        rec["stopped_by"] = f"study target {t.metric} {t.target:g} reached by trial {reached}"
+                        rec["stopped_by"] = ended
         self.save()
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -92,7 +92,7 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
     from app.tune.task_data import describe_task
     from app.tune.trial_params import max_warmup_ratio
     from jobs import tune_mlflow
-    from jobs.tune_ray import AdaptiveTuneStopper, ExploitLog, StudyCallback, TargetStopper, build_scheduler, \
+    from jobs.tune_ray import AdaptiveTuneStopper, ExploitLog, StudyCallback, StudyStopper, build_scheduler, \
         build_search, seeds_to_ray
     from jobs.tune_space_ray import to_ray_tune
     from jobs.tune_trainable import tune_trial
@@ -116,7 +116,8 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
                                                       s.early_phase_end, s.late_phase_start, s.min_steps, warm))
     history = d / "history.json"
     old = {r["trial_id"]: r for r in json.loads(history.read_text())} if resuming and history.exists() else {}
-    run_stop = stopper if cfg.target is None else TargetStopper(cfg.metric, cfg.mode, cfg.target, stopper)
+    run_stop = stopper if cfg.target is None and cfg.budget is None else StudyStopper(
+        cfg.metric, cfg.mode, cfg.target, cfg.budget, stopper)
     callback = StudyCallback(space, history, run_stop, old)
     log = ExploitLog()
     log.listeners.append(callback.on_exploit)

@@ -17,6 +17,25 @@ class BadRowError(ValueError):
     """A training row cannot be used."""
 
 
+def finite_on_all_ranks(loss, world: int) -> bool:
+    """Whether the loss is finite on every rank: each rank votes, the votes are all-reduced (MIN) when
+    ``world > 1``, so every rank takes the same skip-or-step branch and no collective is left waiting.
+
+    Args:
+        loss: this rank's loss tensor, or None on a rank that holds no loss (a pipeline stage before the
+            last), which votes finite.
+        world: number of ranks in the default process group.
+    """
+    import torch
+
+    ok = torch.tensor([1.0 if loss is None or bool(torch.isfinite(loss.detach()).all()) else 0.0])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
 class NanGuard:
     """Skip steps whose loss is NaN/inf, and stop after ``max_consecutive`` of them in a row.
 

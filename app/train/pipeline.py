@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from app.train.bad_input import finite_on_all_ranks
 from app.train.engine import DeepSpeedEngine, _scheduler
 from app.train.losses import sft_loss
 
@@ -190,20 +191,13 @@ class PipeEngine(DeepSpeedEngine):
         self._take_step = ds_engine._take_model_step
         ds_engine._take_model_step = self._guarded_step
 
-    def _loss_finite_everywhere(self) -> bool:
-        """Whether the summed micro-batch loss is finite, agreed by all ranks: only the last stage holds it
-        (``total_loss``) when the schedule reaches the optimiser step, so its verdict is all-reduced."""
-        import torch.distributed as dist
-
-        loss = self.ds.total_loss if self.ds.is_last_stage() else None
-        bad = torch.tensor([0.0 if loss is None or bool(torch.isfinite(loss).all()) else 1.0])
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return not bool(bad.item())
-
     def _guarded_step(self, lr_kwargs=None, *args, **kwargs):
+        import torch.distributed as dist
         from deepspeed.runtime.base_optimizer import ZeROOptimizer
 
-        self.step_skipped = not self._loss_finite_everywhere()
+        # only the last stage holds the summed micro-batch loss (total_loss) when the schedule reaches the step
+        self.step_skipped = not finite_on_all_ranks(self.ds.total_loss if self.ds.is_last_stage() else None,
+                                                    dist.get_world_size())
         if self.step_skipped and not isinstance(self.ds.optimizer, ZeROOptimizer):
             self.ds.zero_grad()  # ZeRO-0: the gradients live on the parameters only; drop them, no step
             return

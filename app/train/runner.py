@@ -29,7 +29,7 @@ import torch
 
 from app.train import checkpointing as ck
 from app.train import run_checkpoints as rc
-from app.train.bad_input import NanGuard
+from app.train.bad_input import NanGuard, finite_on_all_ranks
 from app.train.data import shard_indices
 from app.train.elastic import grad_accum_for
 from app.train.deepspeed_config import effective_zero_stage
@@ -66,15 +66,6 @@ class Hooks:
     report: Callable[[dict, Path | None, str | None], None] = _noop_report
     log: Callable[[dict], None] | None = None
     say: Callable[[str], None] = field(default=lambda msg: print(msg, flush=True))
-
-
-def _all_finite(loss: torch.Tensor, world: int) -> bool:
-    ok = torch.tensor([1.0 if bool(torch.isfinite(loss.detach())) else 0.0])
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank must skip the same micro-batch
-    return bool(ok.item() > 0)
 
 
 def _mean_over_ranks(values: dict[str, float], world: int) -> dict[str, float]:
@@ -294,7 +285,7 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
             b, epoch = source.next()
             k += 1
             loss, mets = task.loss(engine, b)
-            finite = _all_finite(loss, world)
+            finite = finite_on_all_ranks(loss, world)  # every rank skips the same micro-batch
             if not guard.check(loss.detach() if finite else float("nan"), step=step + 1):
                 hooks.say(f"[train] step {step + 1}: non-finite loss on some rank, micro-batch skipped "
                           f"({guard.consecutive} in a row, {guard.skipped} in total)")

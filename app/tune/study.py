@@ -176,6 +176,8 @@ class StudyConfig(_Cfg):
     num_samples: int = Field(6, ge=1, description="trials (per grid point for grid keys)")
     target: float | None = Field(None, description="stop the whole study once a trial reports the metric at or "
                                  "beyond this (max: >=, min: <=); None: spend the full budget")
+    budget: int | None = Field(None, ge=1, description="stop the whole study once its trials have reported this "
+                               "many iterations in total (trial-iterations); None: up to num_samples x max_t")
     max_t: int = Field(4, ge=1, description="most iterations of one trial")
     seed: int = Field(0, description="seed of the search algorithm and PBT")
     keep_checkpoints: int | None = Field(None, ge=1,

@@ -5,7 +5,8 @@ import logging
 import pytest
 import torch
 
-from app.train.bad_input import BadRowError, NanGuard, NonFiniteLossError, TruncationCounter, check_pair
+from app.train.bad_input import BadRowError, NanGuard, NonFiniteLossError, TruncationCounter, check_pair, \
+    finite_on_all_ranks
 
 
 def test_nanguard_skips_then_raises_after_n_in_a_row():
@@ -20,6 +21,13 @@ def test_nanguard_skips_then_raises_after_n_in_a_row():
         g.check(nan, step=41)
     with pytest.raises(ValueError, match="max_consecutive=0"):
         NanGuard(0)
+
+
+def test_finite_on_all_ranks_one_rank():
+    assert finite_on_all_ranks(torch.tensor(0.5), 1)
+    assert not finite_on_all_ranks(torch.tensor(float("inf")), 1)
+    assert not finite_on_all_ranks(torch.tensor([1.0, float("nan")]), 1)  # any element
+    assert finite_on_all_ranks(None, 1)  # a rank without the loss (early pipeline stage) votes finite
 
 
 def test_check_pair():

@@ -9,7 +9,7 @@ pytest.importorskip("ray.tune")
 
 from app.tune.space import parse_space  # noqa: E402
 from app.tune.stopper import AdaptiveStopper  # noqa: E402
-from jobs.tune_ray import AdaptiveTuneStopper, StudyCallback, TargetStopper, _explore_fn, seeds_to_ray  # noqa: E402
+from jobs.tune_ray import AdaptiveTuneStopper, StudyCallback, StudyStopper, _explore_fn, seeds_to_ray  # noqa: E402
 
 SPACE = parse_space({
     "learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
@@ -47,21 +47,34 @@ def test_stopper_adapter_never_stops_before_min_steps_and_keeps_reason():
 
 
 def test_target_stopper_ends_the_study_at_the_first_report_reaching_the_target():
-    up = TargetStopper("val_accuracy", "max", 0.7)
+    up = StudyStopper("val_accuracy", "max", 0.7)
     assert not up("a", {"training_iteration": 1, "val_accuracy": 0.69}) and not up.stop_all()
     assert not up("b", {"training_iteration": 1, "val_loss": 0.1}) and not up.stop_all()  # no metric: no effect
     assert not up("b", {"training_iteration": 2, "val_accuracy": 0.7}) and up.stop_all()  # >= for max
     up("a", {"training_iteration": 2, "val_accuracy": 0.9})
     assert up.reached_by == "b"  # the first trial to reach it
-    down = TargetStopper("val_loss", "min", 0.5)
+    down = StudyStopper("val_loss", "min", 0.5)
     assert not down("a", {"val_loss": float("nan")}) and not down.stop_all()
     down("a", {"val_loss": 0.5})
     assert down.stop_all()
     # the adaptive stopper inside keeps deciding per trial (as in the test above: stops at iteration 3)
     inner = AdaptiveTuneStopper(AdaptiveStopper("val_accuracy", "max", patience=1, min_steps=3))
-    both = TargetStopper("val_accuracy", "max", 0.99, inner)
+    both = StudyStopper("val_accuracy", "max", 0.99, inner=inner)
     stops = [both("a", {"training_iteration": i, "val_accuracy": 0.5}) for i in (1, 2, 3)]
     assert stops == [False, False, True] and not both.stop_all() and "a" in inner.reasons
+
+
+def test_budget_ends_the_study_after_that_many_reports_of_all_trials():
+    s = StudyStopper("acc", "max", target=0.9, budget=3)
+    s("a", {"training_iteration": 1, "acc": 0.5})
+    s("b", {"training_iteration": 1, "acc": 0.6})
+    assert not s.stop_all() and s.ended_by is None
+    s("a", {"training_iteration": 2, "acc": 0.7})  # the third trial-iteration of the study
+    assert s.stop_all() and s.ended_by == "study budget of 3 trial-iterations spent"
+    first = StudyStopper("acc", "max", target=0.6, budget=2)
+    first("a", {"acc": 0.6})
+    first("b", {"acc": 0.1})
+    assert first.ended_by == "study target acc 0.6 reached by trial a"  # the target wins when both hold
 
 
 def test_seeds_to_ray_keeps_sampled_keys_and_validates():
@@ -146,7 +159,7 @@ def test_pb2_refuses_a_conditional_key():
 
 
 def test_callback_names_the_study_target_as_the_stop_reason(tmp_path):
-    stop = TargetStopper("acc", "max", 0.7)
+    stop = StudyStopper("acc", "max", 0.7)
     cb = StudyCallback(SPACE, tmp_path / "history.json", stop)
     a, b = (_Trial(t, {"learning_rate": 1e-3, "batch_size": 8, "use_lora": False}) for t in ("a", "b"))
     cb.on_trial_complete(0, [], a)  # before the target: no reason of the stopper's

@@ -29,20 +29,10 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False,
         return delta
     n = delta.numel()
     k = max(1, int(density * n))
-    w = delta.abs().reshape(-1).float() if order is None else None
-    if k < n:
-        # The top k by selection (O(n), no sort; see _rank_band). Where equal magnitudes straddle the cut
-        # (common: bf16 deltas, or float32 deltas quantised by the weights' ulp) the choice of survivors is
-        # arbitrary: there we take the first k of the same descending argsort mergekit uses, so both tools keep
-        # the same entries.
-        keep = None if order is not None or _ties_certain(delta) else _rank_band(w, n - k, n)
-        if keep is None:
-            mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
-            mask[(torch.argsort(w, descending=True) if order is None else order)[:k]] = 1
-        else:
-            mask = keep.to(delta.dtype)
-    else:
-        mask = torch.ones(n, dtype=delta.dtype, device=delta.device)
+    # The top k by selection (O(n), no sort; see _rank_band). Where equal magnitudes straddle the cut (common:
+    # bf16 deltas, or float32 deltas quantised by the weights' ulp) the choice of survivors is arbitrary: there
+    # we take the first k of the same descending argsort mergekit uses, so both tools keep the same entries.
+    mask = _rank_mask(delta, n - k, n, descending=True, order=order) if k < n else torch.ones_like(delta)
     masked = delta * mask.view_as(delta)
     return _l1_rescale(delta, masked) if rescale else masked
 
@@ -67,6 +57,26 @@ def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescal
     if rescale:
         res = _l1_rescale(original, res)
     return res.to(delta.dtype)
+
+
+def _rank_mask(delta: torch.Tensor, lo: int, hi: int, descending: bool,
+               order: torch.Tensor | None = None) -> torch.Tensor:
+    """0/1 mask (delta's dtype and shape) of the entries whose ascending |delta| rank is in ``[lo, hi)``.
+
+    By selection (``_rank_band``) where that decides the band; otherwise by slicing the full argsort
+    (``order`` if given, else computed; ``descending`` says which order mergekit sorts in, since equal
+    magnitudes come out in a different order each way and only the same sort keeps the same entries).
+    """
+    n = delta.numel()
+    w = delta.abs().reshape(-1).float() if order is None else None
+    keep = None if order is not None or _ties_certain(delta) else _rank_band(w, lo, hi)
+    if keep is not None:
+        return keep.to(delta.dtype).view_as(delta)
+    if order is None:
+        order = torch.argsort(w, descending=descending)
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[order[n - hi:n - lo] if descending else order[lo:hi]] = 1
+    return mask.view_as(delta)
 
 
 def _ties_certain(delta: torch.Tensor) -> bool:
@@ -120,15 +130,8 @@ def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescal
     if n_bot < 0:
         n_top += n_bot
         n_bot = 0
-    w = delta.abs().reshape(-1).float() if order is None else None
-    keep = None if order is not None or _ties_certain(delta) else _rank_band(w, n_bot, n - n_top)
-    if keep is None:
-        # equal magnitudes straddle a cut: keep ranks [n_bot, n - n_top) of the same ascending argsort as
-        # mergekit, whose tie order only a full sort reproduces
-        mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
-        mask[(torch.argsort(w) if order is None else order)[n_bot : n - n_top]] = 1
-    else:
-        mask = keep.to(delta.dtype)
+    # ranks [n_bot, n - n_top) by selection; where equal magnitudes straddle a cut, of mergekit's ascending argsort
+    mask = _rank_mask(delta, n_bot, n - n_top, descending=False, order=order)
     masked = delta * mask.view_as(delta)
     return _l1_rescale(delta, masked) if rescale else masked
 
