@@ -11,6 +11,11 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # DeepSpeed JIT-builds its ops into ~/.cache/torch_extensions; two checkouts with different builds replaced
 # each other's there and a test waited on the rebuild. One build directory per virtual environment.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+# A raylet waits for its node's dashboard agent to publish its ports and aborts (node_manager.cc "Timed out
+# waiting for file .../metrics_agent_port_...") after agent_register_timeout_ms; on 2 busy CPUs a joining node's
+# agent took longer than that to start and the node died (the scale-up test, under load). Every raylet a test
+# starts (ray.init, Cluster, `ray start`) inherits this.
+os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
 # ray.cluster_utils.Cluster writes the head's address to <RAY_TMPDIR or TMPDIR or /tmp>/ray/ray_current_cluster
 # whatever temp_dir its head gets (Ray 2.60), and fails with FileNotFoundError on a machine where Ray never ran.
 os.makedirs(os.path.join(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp", "ray"), exist_ok=True)

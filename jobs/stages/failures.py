@@ -16,30 +16,44 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from app.controller.control import write_json_atomic
 from jobs.stages.context import StageContext
+
+
+@ray.remote(num_cpus=1)
+def _score_test_set(model_dir: str, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
+    """A model's probabilities, predictions and embeddings of a few texts (test set, saved failures), in order.
+
+    One task, not the pool's Ray Data actor pool: these sets are small and scored once, and the task lands in a
+    worker an evaluate or scoring task already used (same resource shape), where torch and transformers are
+    imported; starting a Data pipeline and its actor costs more than the scoring (about 10 s on 2 CPUs).
+    """
+    from app.models.scoring import ClassifierScorer
+
+    scorer = ClassifierScorer(model_dir)
+    parts = [scorer({"item_id": np.arange(i, min(i + batch_size, len(texts))),
+                     "text": np.asarray(texts[i:i + batch_size], dtype=object)})
+             for i in range(0, len(texts), batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("probs", "pred", "embedding")}
 
 
 def collect(ctx: StageContext, model_dir: str, inputs: list[str], targets: list[str], label_names: list[str],
             out_dir: Path, r: int, guideline_version=None) -> dict:
     """Save the candidate's failures and their guideline-review clusters; returns counts and file paths."""
     import mlflow
-    import pyarrow as pa
 
     from app.controller.failures import find_failures, guideline_review_items
     from app.controller.feedback import failure_clusters
-    from app.models.scoring import ClassifierScorer
-    from jobs.stages.select import score
 
     fc = ctx.cfg.controller.feedback
     known = {n: i for i, n in enumerate(label_names)}
     rows = [(x, t) for x, t in zip(inputs, targets) if t in known]  # a gold label outside the label set cannot be scored
     if not rows:
         return {"failures": 0, "failures_file": None, "review_items": 0, "review_file": None}
-    table = pa.table({"item_id": [f"test:{i}" for i in range(len(rows))], "text": [x for x, _ in rows]})
-    scored = score(ctx, table, model_dir, ClassifierScorer, {"model_dir": model_dir})
-    probs = np.stack(scored["probs"].to_numpy())
+    scored = ray.get(_score_test_set.remote(model_dir, [x for x, _ in rows], ctx.cfg.selection.batch_size))
+    probs = scored["probs"]
     y = np.array([known[t] for _, t in rows], dtype=np.int64)
     idx = find_failures(probs, y, fc.low_score, fc.max_failures)
     fails = [{"text": rows[i][0], "target": rows[i][1], "pred": str(scored["pred"][i]),
@@ -49,7 +63,7 @@ def collect(ctx: StageContext, model_dir: str, inputs: list[str], targets: list[
                               "test_items": len(rows), "failures": fails})
     review = []
     if fails:
-        emb = np.stack(scored["embedding"].to_numpy())[idx]
+        emb = scored["embedding"][idx]
         clusters = failure_clusters(emb, [f["text"] for f in fails], fc.n_clusters, seed=r)
         review = guideline_review_items(clusters, fails, r, guideline_version)
     rfile = ctx.store / "runs" / str(ctx.run_id) / "guideline_review.json"
@@ -75,11 +89,7 @@ def prioritise(ctx: StageContext, table, inp, budget: int, model_dir: str, failu
         ``(reserved (q,) int64, bonus (n,), nearest (n,), inp with the reserved rows excluded, failures)``;
         ``None`` when there is nothing to do (no file, no failures, no embeddings, share 0).
     """
-    import pyarrow as pa
-
     from app.controller.failures import failure_bonus, reserve_for_failures
-    from app.models.scoring import ClassifierScorer
-    from jobs.stages.select import score
 
     fc = ctx.cfg.controller.feedback
     if not fc.enabled or not failures_file or inp.embeddings is None or not Path(failures_file).exists():
@@ -87,8 +97,8 @@ def prioritise(ctx: StageContext, table, inp, budget: int, model_dir: str, failu
     fails = json.loads(Path(failures_file).read_text())["failures"]
     if not fails:
         return None
-    ftab = pa.table({"item_id": [f"failure:{i}" for i in range(len(fails))], "text": [f["text"] for f in fails]})
-    femb = np.stack(score(ctx, ftab, model_dir, ClassifierScorer, {"model_dir": model_dir})["embedding"].to_numpy())
+    femb = ray.get(_score_test_set.remote(model_dir, [f["text"] for f in fails],
+                                          ctx.cfg.selection.batch_size))["embedding"]
     bonus, nearest = failure_bonus(inp.embeddings, femb, fc.k, fc.max_bonus)
     reserved = reserve_for_failures(bonus, budget, fc.share, inp.exclude)
     if reserved.size == 0:

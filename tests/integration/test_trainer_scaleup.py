@@ -6,6 +6,9 @@ joins through ``ray start --address <head> --num-cpus 1 --block`` in a subproces
 (``Cluster.add_node`` cannot be called from another thread while ``fit`` blocks this one); Ray Train's
 controller resizes the worker group, which resumes from the newest checkpoint with world size 2.
 The test waits on the world size, not on time, and stops only the processes it started, by pid.
+
+With tests/integration/test_trainer_reshard.py (a 2-worker ZeRO-2 checkpoint resumed on 1 worker reproduces the
+uninterrupted run's losses, optimiser state included) this covers resuming at another world size.
 """
 
 from __future__ import annotations
@@ -21,11 +24,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_trainer_elastic import _spec
 from tests.integration.test_trainer_faults import _finish, _first_verified, _start, _wait_for
 
 pytestmark = pytest.mark.integration
 STEPS = 500  # long enough at ~0.1-0.5 s a step for the join and the resize; the test waits on world size
+
+
+def _spec(model: str, workers: int, steps: int):
+    from app.config import TrainerConfig
+    from app.train.spec import TrainSpec
+
+    t = TrainerConfig(num_workers=workers, cpus_per_worker=0.75, zero_stage=2, micro_batch_size=2,
+                      max_steps=steps, checkpoint_every=2, max_failures=0).model_dump()
+    t["global_batch_size"] = 4
+    texts = [f"note {i}: {'keep' if i % 2 else 'drop'} this one" for i in range(16)]
+    return TrainSpec(task="classify", start_model=model, start_is_flywheel=False, base_name="tiny-bert",
+                     label_names=["drop", "keep"], inputs=texts,
+                     targets=["keep" if i % 2 else "drop" for i in range(16)], max_length=16, trainer=t)
 
 
 @pytest.fixture()
@@ -80,7 +95,7 @@ def test_node_joins_world_grows_global_batch_kept(cluster, tmp_path):
     assert rc.read_meta(first)["world_size"] == 1  # 1 CPU: the group started at its minimum
 
     joined.append(_join(c.address, tmp_path / "join.log"))
-    _wait_for(lambda: ray.cluster_resources().get("CPU", 0) >= 2, 60, "the second node to join")
+    _wait_for(lambda: ray.cluster_resources().get("CPU", 0) >= 2, 180, "the second node to join")
 
     def newest_meta() -> dict | None:  # read at once: retention (keep 2) deletes older checkpoints
         ck = _first_verified(root)
