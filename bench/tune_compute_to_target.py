@@ -1,6 +1,6 @@
 """Compute to reach a target: trial-iterations a study spends until some trial first reports a validation
-accuracy >= a target, for random search, ASHA, Hyperband, PBT, TPE and TPE + ASHA, each over several seeds, at equal budget
-(same search space, trials per study and iterations per trial), on the same real task: SST-2 sentences from
+accuracy >= a target, for random search, ASHA, Hyperband, PBT, TPE and TPE + ASHA, each over several seeds, at
+equal budget (same search space, trials per study and iterations per trial), on the same real task: SST-2 sentences from
 the shipped data (2048 train / 200 val), tiny-bert, the real trainer (torch engine, one process per trial).
 
     nice -n 10 python bench/tune_compute_to_target.py --seeds 0 1 2 --num-samples 12 --max-t 9 --targets 0.68 0.7
@@ -10,6 +10,11 @@ the space is wide (learning rates log-uniform over four decades, warm-up up to h
 bad configs are common: probes on this task stay at the 0.58 majority rate or below 0.65 with a backbone lr
 >= 3e-2 or <= 1e-4, while good ones (lr 1e-3 - 1e-2, batch 32) reach 0.70-0.75 in 9 x 16 steps. A method
 that stops or replaces bad trials early should reach 0.70 with far fewer trial-iterations than random.
+
+`--space wide` (run r6) spreads both learning rates over six decades, as a user with no prior would: good configs
+get rarer (about 1.5 of the 6 decades of the backbone lr work), so there are more bad trials to stop. With
+`--stopping-samples` a method that stops trials early may try more configs in the same `--budget` of
+trial-iterations (equal compute rather than equal trial count).
 
 Every study stops as soon as a trial reaches the highest target (StudyConfig.target): iterations after that
 cannot change "iterations to first reach it", and the machine is shared. A study that never reaches a target
@@ -35,10 +40,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
 
-SPACE = {"learning_rate": {"type": "log_uniform", "low": 1.0e-5, "high": 1.0e-1},
-         "head_lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-1},
-         "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
-         "batch_size": {"type": "choice", "values": [8, 16, 32, 64]}}
+SPACES = {
+    # runs r1-r6: tiny-bert from a config (random init), learning rates over four decades
+    "default": {"learning_rate": {"type": "log_uniform", "low": 1.0e-5, "high": 1.0e-1},
+                "head_lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-1},
+                "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
+                "batch_size": {"type": "choice", "values": [8, 16, 32, 64]}},
+    # run r6: no prior on the rates, six decades each; on tiny-bert only backbone lr ~5e-4 - 1.6e-2 reaches 0.70
+    "wide": {"learning_rate": {"type": "log_uniform", "low": 1.0e-7, "high": 1.0e-1},
+             "head_lr": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-1},
+             "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
+             "batch_size": {"type": "choice", "values": [8, 16, 32, 64]}},
+}
 TASK = {"label_map": {"0": "negative", "1": "positive"}, "n_train": 2048, "n_val": 200, "max_length": 32}
 METHODS = {
     "random": ({"type": "random"}, {"type": "random"}),
@@ -68,6 +81,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=None,
                    help="trial-iterations per study (StudyConfig.budget); default num_samples x max_t")
     p.add_argument("--max-t", type=int, default=9)
+    p.add_argument("--space", default="default", choices=list(SPACES), help="search space (SPACES)")
+    p.add_argument("--backbone", default="tiny-bert", help="app.models.backbones name (minilm: pretrained)")
     p.add_argument("--steps-per-iteration", type=int, default=16)
     p.add_argument("--store", default="/tmp/flywheel-bench-tune")
     p.add_argument("--out", default=str(OUT / "tune_compute_to_target.json"), help="result JSON")
@@ -102,11 +117,12 @@ def main() -> None:
             sched, search = METHODS[method]
             n = args.stopping_samples if args.stopping_samples and method in STOPPING else args.num_samples
             cfg, space = parse_study({
-                "name": f"bench-{method}-s{seed}-{args.tag}", "space": SPACE, "scheduler": sched, "search": search,
+                "name": f"bench-{method}-s{seed}-{args.tag}", "space": SPACES[args.space],
+                "scheduler": sched, "search": search,
                 "metric": "val_accuracy", "mode": "max", "num_samples": n, "max_t": args.max_t,
                 "budget": budget, "seed": seed, "store": args.store, "tracking": {"enabled": False},
                 "target": max(args.targets),
-                "task": TASK,
+                "task": dict(TASK, backbone=args.backbone),
                 "trainer": {"steps_per_iteration": args.steps_per_iteration, "reuse_actors": True}})
             t0 = time.time()
             result = run_study(cfg, space)
@@ -156,9 +172,9 @@ def write(args, runs: list[dict]) -> dict:
            "stopping_samples": args.stopping_samples or args.num_samples,
            "budget": args.budget or args.num_samples * args.max_t, "max_t": args.max_t,
            "steps_per_iteration": args.steps_per_iteration,
-           "task": "SST-2 2048 train / 200 val", "space": SPACE,
+           "task": "SST-2 2048 train / 200 val", "space_name": args.space, "space": SPACES[args.space],
            "methods": {m: {"scheduler": a, "search": b} for m, (a, b) in METHODS.items()},
-           "backbone": "tiny-bert", "machine": f"{platform.machine()}, 2 CPUs for Ray, shared with other jobs",
+           "backbone": args.backbone, "machine": f"{platform.machine()}, 2 CPUs for Ray, shared with other jobs",
            "summary": summary, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_suffix(".tmp")
