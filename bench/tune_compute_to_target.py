@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
 
 SPACES = {
-    # runs r1-r6: tiny-bert from a config (random init), learning rates over four decades
+    # runs r1-r5: tiny-bert from a config (random init), learning rates over four decades
     "default": {"learning_rate": {"type": "log_uniform", "low": 1.0e-5, "high": 1.0e-1},
                 "head_lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-1},
                 "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
