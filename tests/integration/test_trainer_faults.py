@@ -1,7 +1,7 @@
 """Ray Train + DeepSpeed fault tolerance on a local 2-CPU Ray: a training worker killed with SIGKILL mid-run,
-and a corrupted newest checkpoint. Two workers, ZeRO-2, a pico BERT classifier (tiny-bert).
+then a corrupted newest checkpoint, in one run. Two workers, ZeRO-2, a pico BERT classifier (tiny-bert).
 
-Each test runs ``run_training`` in a thread, watches the run's storage directory (checkpoints and the
+The test runs ``run_training`` in a thread, watches the run's storage directory (checkpoints and the
 pid files the workers write), injects the fault, and checks the run still reaches its step count.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
-STEPS = 40
-# About 60 s per test on an idle 2-core machine; the generous waits only keep a busy shared machine
+STEPS = 48
+EVERY = 8  # checkpoint interval (steps)
+# About 70 s on an idle 2-core machine; the generous waits only keep a busy shared machine
 # from failing it (they are limits, not sleeps).
 WAIT = 300.0
 
@@ -40,12 +41,12 @@ def tiny_bert(ray_local):
     return str(resolve("tiny-bert", ray_local / "models"))
 
 
-def _spec(model: str, checkpoint_every: int):
+def _spec(model: str, checkpoint_every: int, max_failures: int = 1):
     from app.config import TrainerConfig
     from app.train.spec import TrainSpec
 
     t = TrainerConfig(num_workers=2, cpus_per_worker=0.75, zero_stage=2, micro_batch_size=2, max_steps=STEPS,
-                      checkpoint_every=checkpoint_every, max_failures=1, keep_checkpoints=2).model_dump()
+                      checkpoint_every=checkpoint_every, max_failures=max_failures, keep_checkpoints=2).model_dump()
     texts = [f"review {i}: the film was {'great fun' if i % 2 else 'a dull mess'}" for i in range(16)]
     return TrainSpec(task="classify", start_model=model, start_is_flywheel=False, base_name="tiny-bert",
                      label_names=["negative", "positive"], inputs=texts,
@@ -98,33 +99,23 @@ def _finish(th, box, timeout: float = WAIT) -> dict:
     return box["out"]
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_bert):
-    storage, name = ray_local / "results", "kill"
+def test_killed_worker_resumes_then_corrupt_newest_checkpoint_falls_back(ray_local, tiny_bert):
+    """Two faults in one run (one Ray Train start-up instead of two): rank 1 SIGKILLed after the first
+    checkpoint, then, after the restart, a flipped byte in the newest checkpoint and rank 0 SIGKILLed."""
+    storage, name = ray_local / "results", "faults"
     root = storage / name
-    th, box = _start(_spec(tiny_bert, checkpoint_every=4), storage, name)
-    ckpt = _wait_for(lambda: _first_verified(root), WAIT, "a committed checkpoint")
-    pid = int((root / "workers" / "rank_1.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    out = _finish(th, box)
+    th, box = _start(_spec(tiny_bert, checkpoint_every=EVERY, max_failures=2), storage, name)
 
-    resumed = [e for e in out["events"] if e["event"] == "resumed"]
-    assert len(resumed) == 1 and resumed[0]["kind"] == "full"
-    # resumed from the checkpoint seen before the kill or a later one, never from scratch
-    assert resumed[0]["step"] >= _step(ckpt) >= 4 and resumed[0]["step"] % 4 == 0
-    assert out["steps"] == STEPS and [h["step"] for h in out["history"]] == list(range(1, STEPS + 1))
-    assert int((root / "workers" / "rank_1.pid").read_text()) != pid  # a new worker process did the rest
+    # fault 1: kill rank 1 once a checkpoint is committed; the new group must resume from it, not from scratch
+    first = _wait_for(lambda: _first_verified(root), WAIT, "a committed checkpoint")
+    pid1 = int((root / "workers" / "rank_1.pid").read_text())
+    os.kill(pid1, signal.SIGKILL)
 
-
-def test_corrupt_newest_checkpoint_falls_back_to_previous(ray_local, tiny_bert):
-    from app.train import run_checkpoints as rc
-
-    storage, name = ray_local / "results", "corrupt"
-    root = storage / name
-    th, box = _start(_spec(tiny_bert, checkpoint_every=8), storage, name)
-    # wait for two verified checkpoints, flip one byte in rank 1's ZeRO optimiser shard of the newer
-    # one, then kill rank 0 so the restarted group has to resume
-    newest = _wait_for(lambda: (c := _first_verified(root)) is not None and _step(c) >= 16 and c,
-                       WAIT, "a second checkpoint")
+    # fault 2: once the restarted group has committed two more checkpoints, flip one byte in rank 1's ZeRO
+    # optimiser shard of the newest, then kill rank 0 so the group restarts again and has to skip it
+    newest = _wait_for(lambda: (c := _first_verified(root)) is not None and _step(c) >= _step(first) + 2 * EVERY
+                       and int((root / "workers" / "rank_1.pid").read_text()) != pid1 and c,
+                       WAIT, "two checkpoints after the first restart")
     shard = next((newest / "rank_1" / "ds" / "ckpt").glob("zero_pp_rank_1_*optim_states.pt"))
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -132,10 +123,16 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(ray_local, tiny_bert):
     os.kill(int((root / "workers" / "rank_0.pid").read_text()), signal.SIGKILL)
     out = _finish(th, box)
 
+    resumed = [e for e in out["events"] if e["event"] == "resumed"]
+    assert len(resumed) == 2 and resumed[0]["kind"] == "full"
+    # resumed from the checkpoint seen before the kill or a later one, never from scratch
+    assert resumed[0]["step"] >= _step(first) >= EVERY and resumed[0]["step"] % EVERY == 0
     skipped = [e for e in out["events"] if e["event"] == "skipped_checkpoint"]
     assert skipped and skipped[0]["path"] == str(newest)
     assert str(shard) in skipped[0]["problem"] and "sha256 mismatch" in skipped[0]["problem"]
-    resumed = [e for e in out["events"] if e["event"] == "resumed"]
-    before = _step(newest) - 8  # checkpoint_every = 8
-    assert resumed[0]["from"] == str(root / rc.ckpt_name(0, before)) and resumed[0]["step"] == before
+    before = _step(newest) - EVERY
+    # the checkpoint before it: written by the first restarted group (g1_...), or the one it resumed from (g0_...)
+    assert Path(resumed[1]["from"]).parent == root and _step(Path(resumed[1]["from"])) == before
+    assert resumed[1]["step"] == before
     assert out["steps"] == STEPS and [h["step"] for h in out["history"]] == list(range(1, STEPS + 1))
+    assert int((root / "workers" / "rank_1.pid").read_text()) != pid1  # new worker processes did the rest
