@@ -58,7 +58,7 @@ def _wait(fn, timeout, what):
 
 
 @pytest.fixture(scope="module")
-def killed_run(tmp_path_factory):
+def killed_run(tmp_path_factory, ray_dir):
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -70,7 +70,7 @@ def killed_run(tmp_path_factory):
     set_offline_env()
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
     cfg, ccfg = load_flywheel_config(_config(tmp))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "ray"),
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=ray_dir,
              namespace="flywheel", runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
     try:
         ctl = get_or_create(cfg, ccfg, Path(cfg.store), own=True)

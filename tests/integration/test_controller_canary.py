@@ -55,7 +55,7 @@ def _register_copy(uri: str, store: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
+def endpoint(tmp_path_factory, ray_dir):
     import ray
     from ray import serve
 
@@ -91,7 +91,7 @@ experiment: canary-loop-serve
 """)
     cfg = load_serve_config(tmp / "serve.yaml")
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="flywheel", log_to_driver=False,
-             _temp_dir=str(tmp / "ray"))
+             _temp_dir=ray_dir)
     try:
         store = tmp / "store"
         uri = tracking_uri(None, store)

@@ -13,16 +13,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    tmp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "r"))
-    yield tmp
-    ray.shutdown()
-
 
 def _pairs(tmp: Path, n: int) -> list[dict]:
     from app.pool import DataPool, PoolConfig, SourceSpec

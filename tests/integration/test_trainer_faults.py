@@ -23,16 +23,6 @@ EVERY = 8  # checkpoint interval (steps)
 WAIT = 300.0
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    tmp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "r"))
-    yield tmp
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def tiny_bert(ray_local):

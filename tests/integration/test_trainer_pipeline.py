@@ -20,16 +20,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    tmp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "r"))
-    yield tmp
-    ray.shutdown()
-
 
 def _spec(model: str, steps: int, **opts):
     from app.config import TrainerConfig

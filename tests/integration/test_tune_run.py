@@ -15,15 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TASK = {"label_map": {"0": "negative", "1": "positive"}, "n_train": 32, "n_val": 16, "max_length": 16}
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    import ray
-
-    tmp = tmp_path_factory.mktemp("tune")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "r"), namespace="flywheel")
-    yield tmp
-    ray.shutdown()
-
 
 def _write(tmp: Path, study: dict) -> Path:
     p = tmp / f"{study['name']}.yaml"
