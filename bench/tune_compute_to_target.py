@@ -56,6 +56,9 @@ TASK = {"label_map": {"0": "negative", "1": "positive"}, "n_train": 2048, "n_val
 METHODS = {
     "random": ({"type": "random"}, {"type": "random"}),
     "asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3}, {"type": "random"}),
+    # run r7: with fine reports (4 steps) a first rung of one report stopped a good trial on its noise (r5,
+    # seed 8); three reports (12 steps, about r6's 16-step first rung) before the first cut
+    "asha_grace3": ({"type": "asha", "grace_period": 3, "reduction_factor": 3}, {"type": "random"}),
     "hyperband": ({"type": "hyperband", "reduction_factor": 3}, {"type": "random"}),
     "pbt": ({"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
              "mutable": ["learning_rate", "head_lr"]}, {"type": "random"}),
@@ -65,7 +68,7 @@ METHODS = {
     "tpe_asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3},
                  {"type": "tpe", "n_startup_trials": 4, "max_concurrent": 2}),
 }
-STOPPING = ("asha", "hyperband", "tpe_asha")  # methods whose scheduler stops trials before max_t
+STOPPING = ("asha", "asha_grace3", "hyperband", "tpe_asha")  # methods whose scheduler stops trials before max_t
 
 
 def main() -> None:

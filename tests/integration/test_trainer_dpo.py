@@ -4,7 +4,6 @@ the data pool) with a pico Llama: two workers, ZeRO-2, frozen reference model.""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest

@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TASK = {"label_map": {"0": "negative", "1": "positive"}, "n_train": 32, "n_val": 16, "max_length": 16}
 
 
-
 def _write(tmp: Path, study: dict) -> Path:
     p = tmp / f"{study['name']}.yaml"
     p.write_text(yaml.safe_dump(study))
