@@ -51,10 +51,9 @@ case "${1:-env}" in
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
         || echo "[setup] chromium could not be installed: the browser test will skip"
     fi
-    # Two test processes, each module whole in one of them (its module-scoped Ray cluster is started once): the
-    # integration tests wait on process start-up, imports and Ray's control plane, so a single process leaves
-    # the 2 CPUs partly idle. Every Ray a test starts is private (address local, free ports, own temp dir).
-    exec "$VENV/bin/python" -m pytest -q -n 2 --dist loadfile tests "$@" ;;
+    # One process: under pytest-xdist (-n 2 --dist loadfile, 746 s instead of ~1900 s) the node-loss test lost
+    # its first training steps' history once in fresh CI (uninvestigated); run serially until that is understood.
+    exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
   env) echo "[setup] ready: $VENV" ;;
   *) echo "usage: bash setup.sh {demo|test|env}" >&2; exit 2 ;;
 esac
