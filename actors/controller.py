@@ -34,18 +34,28 @@ from app.controller.runner import begin, in_flight, run_stages
 from app.controller.state import STAGES, StateStore
 
 
-def release_orphaned_training_pgs(previous_worker_ids: set[str]) -> list[str]:
-    """Remove placement groups of dead TrainControllers owned by ``previous_worker_ids``.
+# a restarted Controller looks for placement groups its dead predecessor's training run asked for late
+# (release_orphaned_training_pgs) every ORPHAN_POLL_S for ORPHAN_WATCH_S: the kill takes seconds to land
+ORPHAN_WATCH_S = 600.0
+ORPHAN_POLL_S = 2.0
 
-    Why: Ray Train v2 creates its worker group's placement group from its ``TrainController``
-    actor, which this Controller owns, so killing the Controller kills the TrainController. The GCS
-    frees a placement group only when its creator actor *and* its job are dead; the job (the driver
-    that started the flywheel) lives on, so the group keeps its CPUs. Ray Train's own
-    ``PlacementGroupCleaner`` goes through the state API and, on a local cluster without a
-    dashboard under load, failed ("Timed out while waiting for GCS"); the resumed training then
-    waited for CPUs the dead run still held. Only CREATED, non-detached groups whose creator is a
-    dead ``TrainController`` owned by an earlier worker of this actor are removed. The creator and
-    owner are in the GCS tables, which Ray exposes only privately (``ray._private.state``).
+
+def release_orphaned_training_pgs(previous_worker_ids: set[str]) -> list[str]:
+    """Free the placement groups of the Ray Train runs started by earlier incarnations of the calling actor.
+
+    Why: Ray Train v2 starts a ``TrainController`` actor from the caller (this Controller owns it)
+    and that actor creates the worker group's placement group. Killing the Controller kills the
+    TrainController with it, but in CI the GCS had marked it DEAD while its process lived on for
+    a while: it saw its workers die, retried, and asked for a new placement group. The GCS frees a
+    placement group only when its creator actor *and* its job are dead; the job (the driver that
+    started the flywheel) lives on, so those groups keep their CPUs and the resumed run timed out
+    waiting for them. Ray Train's own ``PlacementGroupCleaner`` goes through the state API, which a
+    local cluster without a dashboard does not have. So every placement group created by a
+    TrainController that an earlier worker owned (whatever the GCS says of that actor: its owner is
+    dead, so nothing can use it) is removed, placed or still pending: a pending request takes CPUs as
+    they free up. Callers run this again for a while after a restart, for groups asked for late.
+    The owner and creator are in the GCS tables, which Ray exposes only privately
+    (``ray._private.state``); callers catch errors.
 
     Args:
         previous_worker_ids: Hex worker ids of earlier incarnations of the calling actor.
@@ -59,18 +69,14 @@ def release_orphaned_training_pgs(previous_worker_ids: set[str]) -> list[str]:
     from ray.core.generated import gcs_pb2
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+    A, P = gcs_pb2.ActorTableData, gcs_pb2.PlacementGroupTableData
     accessor = gstate._connect_and_get_accessor()
-    dead_trainers = set()
-    for raw in accessor.get_actor_table(None, None):
-        a = gcs_pb2.ActorTableData.FromString(raw)
-        if (a.class_name == "TrainController" and a.state == gcs_pb2.ActorTableData.DEAD
-                and a.owner_address.worker_id.hex() in previous_worker_ids):
-            dead_trainers.add(a.actor_id)
+    orphans = {a.actor_id for a in map(A.FromString, accessor.get_actor_table(None, None))
+               if a.class_name == "TrainController" and a.owner_address.worker_id.hex() in previous_worker_ids}
+    live = (P.PENDING, P.PREPARED, P.CREATED, P.RESCHEDULING)
     removed = []
-    for raw in accessor.get_placement_group_table():
-        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        if (pg.state == gcs_pb2.PlacementGroupTableData.CREATED and not pg.is_detached
-                and pg.creator_actor_dead and pg.creator_actor_id in dead_trainers):
+    for pg in map(P.FromString, accessor.get_placement_group_table()):
+        if pg.state in live and not pg.is_detached and pg.creator_actor_id in orphans:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
             removed.append(pg.placement_group_id.hex())
     if removed:
@@ -106,9 +112,13 @@ class Controller:
         mode = self.control.load().mode
         # earlier incarnations of this actor: their training runs may still hold CPUs after a kill
         self._earlier = {e.get("worker_id") for e in self.events(10_000) if e["event"] == "controller_start"} - {None}
-        freed = self._free_orphans() if self.restarted else []
+        self._reap_lock = threading.Lock()
+        freed = (self._free_orphans() or []) if self.restarted else []
         self._event("controller_start", restarted=self.restarted, mode=mode,
                     worker_id=ray.get_runtime_context().get_worker_id(), freed_pgs=freed)
+        if self.restarted and self._earlier:
+            # the dead incarnation's TrainController can outlive the kill by seconds and ask for CPUs again
+            threading.Thread(target=self._watch_orphans, name="flywheel-orphans", daemon=True).start()
         if mode in ("running", "stopping"):
             self._spawn()  # a restarted controller carries on by itself
 
@@ -167,12 +177,24 @@ class Controller:
         lines = p.read_text().splitlines()[-last:] if p.exists() else []
         return [json.loads(x) for x in lines]
 
-    def _free_orphans(self) -> list[str]:
+    def _free_orphans(self) -> list[str] | None:
+        """Placement groups freed (``release_orphaned_training_pgs``); None when that failed (logged)."""
         try:
-            return release_orphaned_training_pgs(self._earlier)
+            with self._reap_lock:
+                return release_orphaned_training_pgs(self._earlier)
         except Exception as e:  # noqa: BLE001 - private Ray API: if it moved, resume anyway and say so
             self._event("pg_cleanup_failed", error=f"{type(e).__name__}: {e}")
-            return []
+            return None
+
+    def _watch_orphans(self) -> None:
+        deadline = time.time() + ORPHAN_WATCH_S
+        while time.time() < deadline:
+            time.sleep(ORPHAN_POLL_S)
+            freed = self._free_orphans()
+            if freed is None:
+                return  # logged once; the resume goes on without the watch
+            if freed:
+                self._event("orphan_pgs_freed", freed_pgs=freed)
 
     # ------------------------------------------------------------------ loop thread
     def _spawn(self) -> None:
@@ -259,7 +281,7 @@ class Controller:
             write_json_atomic(idir / "context.json", {"trigger": self.last_trigger, "critical_reason": ctl.critical_reason})
             if ctl.critical:
                 self.control.update(critical=False, critical_reason=None)  # consumed by this iteration
-        freed = self._free_orphans() if self.restarted and resumed else []  # again: the old run may have died since __init__
+        freed = (self._free_orphans() or []) if self.restarted and resumed else []  # again: the old run may have died since __init__
         self._event("iteration_start", iteration=st.iteration, resumed=resumed, done=list(st.completed), freed_pgs=freed)
         t0 = time.time()
         stages = IterationStages(self.ctx, self.control, idir, st.iteration)

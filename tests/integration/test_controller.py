@@ -114,6 +114,8 @@ def test_finished_stages_not_redone(killed_run):
     assert starts == {"ingest": 1, "select": 1, "label": 1, "train": 2, "evaluate": 1, "decide": 1, "deploy": 1}
     boots = [e for e in ev if e["event"] == "controller_start"]
     assert [b["restarted"] for b in boots] == [False, True]
+    # the restarted actor could read the GCS tables it frees the killed run's placement groups from
+    assert not [e for e in ev if e["event"] == "pg_cleanup_failed"]
     fired = [e for e in ev if e["event"] == "trigger"]
     # 200 SST-2 rows (minus duplicates) >= 10 new items, and never trained (inf h >= 0 h): the seed policy
     assert len(fired) == 1 and fired[0]["values"]["conditions"]["volume"] and fired[0]["values"]["conditions"]["time"]
