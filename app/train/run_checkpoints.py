@@ -11,6 +11,7 @@ reuses the name of a checkpoint it may have fallen back from):
     rank_0/weights.pt    full module state dict (gathered under ZeRO-3): weights-only resume, best copy
     rank_<r>/            the engine state of rank r (DeepSpeed partition files) + its own manifest.json
     model/               the exported model (last checkpoint only)
+    best/<name>/         the kept best: weights.pt, meta, metrics, history and events (resume when no full one verifies)
 
 Each rank writes and hashes its own files, so the manifests stay right when Ray Train merges the
 ranks' uploads into one directory.
@@ -64,6 +65,13 @@ def seal_rank(tmp: Path, rank: int) -> None:
 def read_meta(ckpt: Path) -> dict:
     """The checkpoint's meta.json."""
     return json.loads((ckpt / META).read_text())
+
+
+def read_records(ckpt: Path | None, name: str) -> list:
+    """A checkpoint's history.json or events.json; [] when there is none (no checkpoint, a best kept before
+    bests carried them)."""
+    p = None if ckpt is None else ckpt / name
+    return json.loads(p.read_text()) if p is not None and p.is_file() else []
 
 
 def verify_checkpoint(ckpt: Path) -> tuple[bool, str]:
@@ -166,8 +174,11 @@ def keep_best(root: Path, tmp: Path, name: str, metric: str, mode: str, value: f
         os.link(tmp / "rank_0" / WEIGHTS, stage / WEIGHTS)  # hard link: no copy of the weights
     except OSError:  # another filesystem
         shutil.copy2(tmp / "rank_0" / WEIGHTS, stage / WEIGHTS)
-    for f in (META, ck.METRICS):
-        shutil.copy2(tmp / f, stage / f)
+    # history and events too: when every full checkpoint is torn (a node lost mid-upload), a resume from the
+    # best still knows the steps before it
+    for f in (META, ck.METRICS, HISTORY, EVENTS):
+        if (tmp / f).is_file():
+            shutil.copy2(tmp / f, stage / f)
     ck.write_manifest(stage, required=[WEIGHTS, META])
     final = best_root / name
     if final.exists():

@@ -206,7 +206,7 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
         t = {**t, "zero_stage": stage}
         spec = spec.model_copy(update={"trainer": t})
         hooks.say(f"[train] {why}")
-    events: list[dict] = json.loads((found / rc.EVENTS).read_text()) if kind == "full" else []
+    events: list[dict] = rc.read_records(found, rc.EVENTS)
     if why and meta is None:
         events.append({"event": "zero_stage", "configured": configured_stage, "effective": stage,
                        "reason": why, "step": 0})
@@ -252,7 +252,7 @@ def run(spec: TrainSpec, hooks: Hooks, task: Task | None = None) -> dict:
         events.append({"event": "batch_plan", "world_size": world, "grad_accum": plan.ga,
                        "global_batch": plan.global_batch, "step": start})
     gen = rc.next_gen(root, meta)
-    history = (json.loads((found / rc.HISTORY).read_text()) if kind == "full" else [])[:start]
+    history = rc.read_records(found, rc.HISTORY)[:start]
     guard = NanGuard(option(t, "max_nan_steps"))
     best = rc.best_value(root, option(t, "best_metric"))
     since_ckpt: list[float] = []

@@ -77,6 +77,21 @@ def test_resume_continues_bit_for_bit_and_corrupt_newest_falls_back(models, tmp_
     assert (tmp_path / "a" / rc.ckpt_name(1, 6)).is_dir()
 
 
+def test_every_full_checkpoint_torn_resumes_from_the_best_and_keeps_its_history(models, tmp_path):
+    first = run(_spec(models["llama"], tmp_path / "w", max_steps=4), local_hooks(tmp_path / "w"))
+    best = rc.newest_best(tmp_path / "w")
+    at = rc.read_meta(best)["step"]
+    assert [h["step"] for h in rc.read_records(best, rc.HISTORY)] == list(range(1, at + 1))
+    for c in (tmp_path / "w").glob("g0_step_*"):  # both full checkpoints torn, as by a node lost mid-upload
+        (c / "rank_0" / "torch_state.pt").write_bytes(b"")
+    again = run(_spec(models["llama"], tmp_path / "w", max_steps=6), local_hooks(tmp_path / "w"))
+    resumed = [e for e in again["events"] if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["kind"] == "weights" and resumed[0]["step"] == at
+    assert sum(e["event"] == "skipped_checkpoint" for e in again["events"]) == 2
+    assert [h["step"] for h in again["history"]] == [1, 2, 3, 4, 5, 6]  # the steps before the best are kept
+    assert [h["loss"] for h in again["history"][:at]] == [h["loss"] for h in first["history"][:at]]
+
+
 class _NanAt(SftTask):
     """SFT whose loss is NaN on chosen micro-batch calls (counted from 0): fault injection."""
 
