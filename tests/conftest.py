@@ -1,7 +1,9 @@
 """Shared test settings: offline model loading, small thread pools, markers."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,3 +40,14 @@ def _mlflow_uri_stays_in_its_module():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="module")
+def ray_dir():
+    """A fresh directory under /tmp for a module's Ray temp_dir. Ray's socket paths (<temp_dir>/session_<date>_<pid>/
+    sockets/plasma_store) must fit in 107 bytes, and pytest's tmp paths do not leave room under pytest-xdist
+    (/tmp/pytest-of-<user>/pytest-<n>/popen-gw<k>/<name>0/...): the first parallel run failed every module that
+    put Ray there."""
+    d = tempfile.mkdtemp(prefix="fw-ray-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,20 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
 pytestmark = pytest.mark.integration
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _config(tmp: Path) -> Path:
@@ -69,7 +59,7 @@ controller:
 @pytest.fixture(scope="module")
 def head():
     tmp = Path(tempfile.mkdtemp(prefix="fwjob-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    gcs, dash, client, agent, agent_grpc, metrics, rtenv, nm, om = _free_ports(9)
+    gcs, dash, client, agent, agent_grpc, metrics, rtenv, nm, om = free_ports(9)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +29,7 @@ FIRST, ARRIVING = 200, 100  # source rows at the start; rows appended before ite
 
 
 @pytest.fixture(scope="module")
-def flywheel(tmp_path_factory):
+def flywheel(tmp_path_factory, ray_dir):
     import ray
     from ray.cluster_utils import Cluster
     from ray.exceptions import GetTimeoutError, RayActorError
@@ -51,7 +50,7 @@ def flywheel(tmp_path_factory):
     path.write_text(text)
     cfg, ccfg = load_flywheel_config(path)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "temp_dir": tempfile.mkdtemp(prefix="fwnode-", dir="/tmp"),  # short socket paths
+        "num_cpus": 1, "temp_dir": ray_dir,
         "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
     worker = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, namespace="flywheel", log_to_driver=False)

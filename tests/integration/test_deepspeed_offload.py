@@ -1,12 +1,13 @@
 """ZeRO optimizer offload with our torch AdamW really initialises and trains (DeepSpeed 0.19 refuses it unless
 build_deepspeed_config sets zero_force_ds_cpu_optimizer=False)."""
 
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +31,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_zero2_optimizer_offload_trains_with_torch_adamw():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(port)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     first, last = map(float, out.stdout.split("LOSSES")[1].split())

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 BUDGET, QC = 40, 0.1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _broken_file(path: Path) -> None:
@@ -48,7 +43,7 @@ def _broken_file(path: Path) -> None:
 def loop_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loop")
     _broken_file(tmp / "broken.jsonl")
-    port = _free_port()
+    port = free_port()
     cfg = f"""
 name: itest
 task: classify

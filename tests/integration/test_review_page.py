@@ -8,7 +8,6 @@ the Debian browser is used through executable_path).
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.labeling.store import LabelStore
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,6 @@ if not (os.path.exists(CHROMIUM) and shutil.which(CHROMIUM)):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("review") / "labels.db")
@@ -49,7 +43,7 @@ def server(tmp_path_factory):
                     "route_reason": "low_confidence"},
                    {"item_id": "i2", "payload": {"text": "loved it"}, "suggestion": "neg", "confidence": 0.93,
                     "route_reason": "qc"}])
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "FLYWHEEL_REVIEW_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.label", "review", "--db", db, "--labels", "neg,pos",
                              "--host", "127.0.0.1", "--port", str(port), "--no-ray"], cwd=REPO, env=env,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -80,9 +81,7 @@ def _run(spec, world: int, out: Path) -> dict:
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_worker, args=(world, port, spec.model_dump_json(), str(out)), nprocs=world, join=True,
                        start_method="spawn")
     return json.loads(out.read_text())

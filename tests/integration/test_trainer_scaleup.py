@@ -14,11 +14,9 @@ uninterrupted run's losses, optimiser state included) this covers resuming at an
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,14 +42,13 @@ def _spec(model: str, workers: int, steps: int):
 
 
 @pytest.fixture()
-def cluster(tmp_path):
+def cluster(tmp_path, ray_dir):
     import ray
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray_tmp = tempfile.mkdtemp(prefix="fw-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                     "temp_dir": ray_tmp})
+                                                     "temp_dir": ray_dir})
     ray.init(address=c.address)
     joined: list[subprocess.Popen] = []
     yield c, joined
@@ -63,7 +60,6 @@ def cluster(tmp_path):
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(p.pid, signal.SIGKILL)
     c.shutdown()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _join(address: str, log: Path) -> subprocess.Popen:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parents[2] / "data" / "alpaca_libre" / "alpaca_libre_tasks_v1.jsonl"
@@ -55,9 +56,7 @@ def _worker(rank: int, world: int, port: int, spec_json: str, out: str) -> None:
 def _run2(spec, out: Path) -> dict:
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_worker, args=(2, port, spec.model_dump_json(), str(out)), nprocs=2, join=True,
                        start_method="spawn")
     return json.loads(out.read_text())

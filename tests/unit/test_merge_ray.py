@@ -1,8 +1,6 @@
 """Ray fan-out of a merge: tensors computed as Ray tasks give the same bytes as the in-process engine."""
 
 import json
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -38,7 +36,7 @@ def read(path):
     return out
 
 
-def test_ray_map_output_equals_local_merge(tmp_path):
+def test_ray_map_output_equals_local_merge(tmp_path, ray_dir):
     zoo = {n: _model(tmp_path / n, seed) for seed, n in enumerate(["base", "ft0", "ft1"])}
     ray = pytest.importorskip("ray")
     from actors.merge_workers import ray_map
@@ -47,13 +45,11 @@ def test_ray_map_output_equals_local_merge(tmp_path):
         {"model": zoo[f"ft{i}"], "parameters": {"weight": 1.0, "density": 0.5}} for i in range(2)]})
     plan = build_plan(cfg)
     run_merge(plan, tmp_path / "local", progress=False)
-    ray_dir = tempfile.mkdtemp(prefix="fwmerge")  # short: Ray's socket paths must fit in 107 bytes
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=ray_dir)
     try:
         summary = run_merge(plan, tmp_path / "ray", progress=False, map_fn=ray_map(max_in_flight=2))
     finally:
         ray.shutdown()
-        shutil.rmtree(ray_dir, ignore_errors=True)
     a, b = read(tmp_path / "local"), read(tmp_path / "ray")
     assert summary["tensors"] == len(plan.tasks) == 6
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
