@@ -51,7 +51,7 @@ case "${1:-env}" in
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
         || echo "[setup] chromium could not be installed: the browser test will skip"
     fi
-    # One process (about 17 minutes in CI): pytest-xdist (-n 2 --dist loadfile, 746 s here) puts two Ray
+    # One process (12-17 minutes in CI): pytest-xdist (-n 2 --dist loadfile, 746 s here) puts two Ray
     # clusters on the 2 cores, and the starved Ray tests time out or race. Once its node-loss test lost its only
     # full checkpoint mid-upload and resumed from the kept best without history (bests carry history since).
     exec "$VENV/bin/python" -m pytest -q tests "$@" ;;

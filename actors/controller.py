@@ -112,12 +112,12 @@ class Controller:
         mode = self.control.load().mode
         # earlier incarnations of this actor: their training runs may still hold CPUs after a kill
         self._earlier = {e.get("worker_id") for e in self.events(10_000) if e["event"] == "controller_start"} - {None}
-        self._reap_lock = threading.Lock()
         freed = (self._free_orphans() or []) if self.restarted else []
         self._event("controller_start", restarted=self.restarted, mode=mode,
                     worker_id=ray.get_runtime_context().get_worker_id(), freed_pgs=freed)
         if self.restarted and self._earlier:
-            # the dead incarnation's TrainController can outlive the kill by seconds and ask for CPUs again
+            # the dead incarnation's TrainController can outlive the kill by seconds and ask for CPUs again;
+            # from here on only this thread frees them
             threading.Thread(target=self._watch_orphans, name="flywheel-orphans", daemon=True).start()
         if mode in ("running", "stopping"):
             self._spawn()  # a restarted controller carries on by itself
@@ -180,8 +180,7 @@ class Controller:
     def _free_orphans(self) -> list[str] | None:
         """Placement groups freed (``release_orphaned_training_pgs``); None when that failed (logged)."""
         try:
-            with self._reap_lock:
-                return release_orphaned_training_pgs(self._earlier)
+            return release_orphaned_training_pgs(self._earlier)
         except Exception as e:  # noqa: BLE001 - private Ray API: if it moved, resume anyway and say so
             self._event("pg_cleanup_failed", error=f"{type(e).__name__}: {e}")
             return None
@@ -281,8 +280,7 @@ class Controller:
             write_json_atomic(idir / "context.json", {"trigger": self.last_trigger, "critical_reason": ctl.critical_reason})
             if ctl.critical:
                 self.control.update(critical=False, critical_reason=None)  # consumed by this iteration
-        freed = (self._free_orphans() or []) if self.restarted and resumed else []  # again: the old run may have died since __init__
-        self._event("iteration_start", iteration=st.iteration, resumed=resumed, done=list(st.completed), freed_pgs=freed)
+        self._event("iteration_start", iteration=st.iteration, resumed=resumed, done=list(st.completed))
         t0 = time.time()
         stages = IterationStages(self.ctx, self.control, idir, st.iteration)
         try:

@@ -8,9 +8,9 @@ Train's (the function matches on class name and owner, as it must for Ray's), so
 
 from __future__ import annotations
 
-import time
-
 import pytest
+
+from tests.integration.test_controller import _wait
 
 pytestmark = pytest.mark.integration
 
@@ -67,17 +67,9 @@ def test_orphaned_train_controllers_groups_freed(ray_local):
     states = _pg_states()
     assert states[placed] == "REMOVED" and states[pending] == "REMOVED"
     assert states[bystander.id.hex()] == "CREATED"
-    assert _wait(lambda: ray.available_resources().get("CPU", 0) >= 1.5 - 1e-9)  # 2 CPUs less the bystander's
+    _wait(lambda: ray.available_resources().get("CPU", 0) >= 1.5 - 1e-9, 30, "the freed CPUs (2 less the bystander's)")
 
     # a later pass (the watch thread's) finds nothing left to free
     assert release_orphaned_training_pgs({owner_wid}) == []
     ray.util.remove_placement_group(bystander)
 
-
-def _wait(cond, timeout: float = 30) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return False

@@ -46,7 +46,6 @@ def cluster(tmp_path, ray_dir):
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                      "temp_dir": ray_dir})
     ray.init(address=c.address)
