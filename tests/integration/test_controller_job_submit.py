@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,8 +55,8 @@ controller:
 
 
 @pytest.fixture(scope="module")
-def head():
-    tmp = Path(tempfile.mkdtemp(prefix="fwjob-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+def head(ray_dir):
+    tmp = Path(ray_dir)  # short: Ray's socket paths have a length limit
     gcs, dash, client, agent, agent_grpc, metrics, rtenv, nm, om = free_ports(9)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
@@ -91,7 +89,6 @@ def head():
             except ProcessLookupError:
                 pass
         log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _submit(head, *args: str) -> str:
