@@ -3,6 +3,7 @@
     python -m jobs.tune sample --space jobs/configs/tune_space_example.yaml --n 5 --seed 0
     python -m jobs.tune plan --scheduler hyperband --max-t 81 --eta 3
     python -m jobs.tune plan --scheduler asha --max-t 81 --grace-period 1 --eta 3
+    python -m jobs.tune plan --scheduler sha --max-t 9 --eta 3
     python -m jobs.tune run --config jobs/configs/tune_demo.yaml --out result.json [--resume STUDY]
 
 `sample` prints one resolved config per line as JSON (same seed, same lines); `plan` prints the budget plan
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from app.tune.budget import PlanError, asha_plan, hyperband_plan
+from app.tune.budget import PlanError, asha_plan, hyperband_plan, sha_plan
 from app.tune.sampling import sample
 from app.tune.space import SpaceError, load_space
 from app.tune.study import StudyError
@@ -66,21 +67,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", required=True, choices=["hyperband", "asha"])
+    p.add_argument("--scheduler", required=True, choices=["hyperband", "asha", "sha"])
     p.add_argument("--max-t", type=_number, required=True, help="R: most iterations of one trial")
-    p.add_argument("--eta", type=_number, default=None, help="reduction factor (default 3 hyperband, 4 asha)")
+    p.add_argument("--eta", type=_number, default=None, help="reduction factor (default 3 hyperband and sha, 4 asha)")
     p.add_argument("--grace-period", type=_number, default=None, help="asha only: first rung (default 1)")
     p.add_argument("--counting", choices=["full", "incremental"], default=None,
                    help="hyperband only: count n_i*r_i (full, default) or n_i*(r_i - r_(i-1)) (incremental)")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    """Print the budget plan (brackets / rungs) of a Hyperband or ASHA scheduler as JSON."""
+    """Print the budget plan (brackets / rungs) of a Hyperband, ASHA or successive-halving scheduler as JSON."""
     if args.scheduler == "hyperband":
         if args.grace_period is not None:
             raise UsageError("--grace-period applies to --scheduler asha only")
         eta = 3 if args.eta is None else args.eta
         plan = hyperband_plan(args.max_t, eta, args.counting or "full")
+    elif args.scheduler == "sha":
+        if args.grace_period is not None or args.counting is not None:
+            raise UsageError("--grace-period and --counting do not apply to --scheduler sha")
+        plan = sha_plan(args.max_t, 3 if args.eta is None else args.eta)
     else:
         if args.counting is not None:
             raise UsageError("--counting applies to --scheduler hyperband only")

@@ -82,23 +82,51 @@ def _explore_fn(space: SearchSpace, mutable: list[str] | None, resample: float, 
     return explore
 
 
+class SuccessiveHalving(HyperBandScheduler):
+    """Synchronous successive halving (Jamieson & Talwalkar, AISTATS 2016): every bracket is Hyperband's most
+    aggressive one (s = s_max: eta^s trials at max_t eta^-s iterations, the top 1/eta of each rung go on), filled
+    in trial order, one bracket per band so `choose_trial_to_run` finishes earlier brackets first.
+
+    Why not Ray's schedulers as they are: Ray 2.60's HyperBandScheduler fills its least aggressive bracket first
+    (s = 0, plain random search: the first trials all run max_t), and ASHA promotes a trial whenever its rung
+    holds too few results to compare with, so its first trials also run long. In small studies those early
+    full-length trials are most of the cost of reaching a target (BENCHMARKS.md, Tuner, run r9). The halving,
+    pausing and resuming are Ray's `_Bracket`; only the choice of bracket is ours.
+    """
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if not self._metric or not self._metric_op:
+            raise ValueError("SuccessiveHalving needs a metric and mode (build_scheduler passes them)")
+        bracket = self._state["bracket"]
+        if bracket is None or bracket.filled():
+            bracket = self._create_bracket(self._s_max_1 - 1)
+            self._hyperbands.append([bracket])
+            self._state["bracket"], self._state["band_idx"] = bracket, len(self._hyperbands) - 1
+        bracket.add_trial(trial)
+        self._trial_info[trial] = bracket, self._state["band_idx"]
+
+
 def build_scheduler(cfg: StudyConfig, space: SearchSpace, log: ExploitLog):
-    """The Ray scheduler of `cfg.scheduler` (metric and mode come from TuneConfig)."""
+    """The Ray scheduler of `cfg.scheduler`, ranking trials on `cfg.scheduler_metric` (default: the study's
+    metric). Metric and mode go to the scheduler itself, not TuneConfig, so they may differ from the search's."""
     s = cfg.scheduler
+    rank = {"metric": cfg.scheduler_metric or cfg.metric, "mode": cfg.scheduler_mode or cfg.mode}
     if s.type == "random":
         return FIFOScheduler()
     if s.type == "asha":
         return AsyncHyperBandScheduler(time_attr=ITER, max_t=cfg.max_t, grace_period=s.grace_period,
-                                       reduction_factor=s.reduction_factor)
+                                       reduction_factor=s.reduction_factor, **rank)
     if s.type == "hyperband":
-        return HyperBandScheduler(time_attr=ITER, max_t=cfg.max_t, reduction_factor=s.reduction_factor)
+        return HyperBandScheduler(time_attr=ITER, max_t=cfg.max_t, reduction_factor=s.reduction_factor, **rank)
+    if s.type == "sha":
+        return SuccessiveHalving(time_attr=ITER, max_t=cfg.max_t, reduction_factor=s.reduction_factor, **rank)
     if s.type == "median":
         return MedianStoppingRule(time_attr=ITER, grace_period=s.grace_period,
-                                  min_samples_required=s.min_samples_required)
+                                  min_samples_required=s.min_samples_required, **rank)
     if s.type == "pbt":
         return _recording(PopulationBasedTraining, log, space)(
-            time_attr=ITER, perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
-            hyperparam_mutations={}, resample_probability=s.resample_probability,
+            **rank, time_attr=ITER, perturbation_interval=s.perturbation_interval,
+            quantile_fraction=s.quantile_fraction, hyperparam_mutations={}, resample_probability=s.resample_probability,
             custom_explore_fn=_explore_fn(space, s.mutable, s.resample_probability, cfg.seed), log_config=True,
             synch=s.synch)
     from ray.tune.schedulers.pb2 import PB2
@@ -110,7 +138,7 @@ def build_scheduler(cfg: StudyConfig, space: SearchSpace, log: ExploitLog):
         if not isinstance(p, (UniformParam, LogUniformParam, IntParam)) or p.when:
             raise ValueError(f"scheduler.mutable: PB2 tunes unconditional numeric keys only; {k!r} is {p.type}")
         bounds[k] = [p.low, p.high]
-    return _recording(PB2, log, space)(time_attr=ITER, perturbation_interval=s.perturbation_interval,
+    return _recording(PB2, log, space)(**rank, time_attr=ITER, perturbation_interval=s.perturbation_interval,
                                        quantile_fraction=s.quantile_fraction, hyperparam_bounds=bounds)
 
 
@@ -129,7 +157,7 @@ def build_search(cfg: StudyConfig, points: list[dict[str, Any]]):
     n0 = cfg.search.n_startup_trials
     sampler = (optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=n0) if kind == "tpe"
                else optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=n0))
-    search = OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
+    search = OptunaSearch(sampler=sampler, points_to_evaluate=points or None, metric=cfg.metric, mode=cfg.mode)
     return ConcurrencyLimiter(search, max_concurrent=cfg.search.max_concurrent)
 
 

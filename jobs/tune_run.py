@@ -135,7 +135,8 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
         tuner = tune.Tuner(
             trainable,
             param_space=to_ray_tune(space),
-            tune_config=TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
+            # metric and mode live in the scheduler and the search (build_*): a scheduler may rank on another
+            tune_config=TuneConfig(num_samples=cfg.num_samples,
                                    scheduler=build_scheduler(cfg, space, log),
                                    search_alg=build_search(cfg, seeds_to_ray(seeds, space)),
                                    reuse_actors=cfg.trainer.reuse_actors),

@@ -1,4 +1,4 @@
-"""Budget plans for Hyperband and ASHA: how many trials run for how long at each rung.
+"""Budget plans for Hyperband, ASHA and successive halving: how many trials run for how long at each rung.
 
 `hyperband_plan` follows Li et al., "Hyperband: A Novel Bandit-Based Approach to Hyperparameter
 Optimization", JMLR 18 (2018), Algorithm 1, in exact integer / Fraction arithmetic: `floor(log(R) / log(eta))`
@@ -124,6 +124,33 @@ def asha_plan(max_t: float, grace_period: float = 1, eta: float = 4) -> dict[str
         "eta": eta,
         "rungs": [{"r": r} for r in rungs],
     }
+
+
+def sha_plan(max_t: int, eta: float = 3) -> dict[str, Any]:
+    """One bracket of synchronous successive halving (Jamieson & Talwalkar, AISTATS 2016), the bracket that
+    `jobs.tune_ray.SuccessiveHalving` repeats: Ray 2.60 HyperBandScheduler's most aggressive bracket.
+
+    Ray's arithmetic, float rounding included (so the plan is what the scheduler does): s = round(log_eta R),
+    n_0 = ceil(eta^s) trials at r_0 = int(R eta^-s); each halving keeps ceil(n / eta) trials and trains them to
+    min(r eta, R), the last rung at R. For R = 9, eta = 3: 9 trials at 1, 3 at 3, 1 at 9.
+
+    Returns:
+        {"scheduler": "sha", "max_t", "eta", "rungs": [{"n", "r"}, ...],
+         "trial_iterations_per_bracket": sum n_i (r_i - r_(i-1)) (survivors resume from their checkpoints)}.
+    """
+    _check_int("max_t", max_t, 1)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1:
+        raise PlanError(f"eta: must be a number > 1, got {eta!r}")
+    s = int(np.round(np.log(max_t) / np.log(eta)))
+    n, r = int(np.ceil(eta**s)), int(max_t * eta ** (-s))
+    if r < 1:
+        raise PlanError(f"max_t: {max_t} is too small for eta {eta} (first rung would be 0 iterations)")
+    rungs = [{"n": n, "r": r}]
+    for _ in range(s):
+        n, r = int(np.ceil(n / eta)), int(min(r * eta, max_t))
+        rungs.append({"n": n, "r": r})
+    total = sum(g["n"] * (g["r"] - (rungs[i - 1]["r"] if i else 0)) for i, g in enumerate(rungs))
+    return {"scheduler": "sha", "max_t": max_t, "eta": eta, "rungs": rungs, "trial_iterations_per_bracket": total}
 
 
 def _check_int(name: str, value: Any, lowest: int) -> None:

@@ -58,6 +58,14 @@ class HyperbandScheduler(_Cfg):
     reduction_factor: float = Field(3, gt=1, description="eta")
 
 
+class ShaScheduler(_Cfg):
+    """Synchronous successive halving (Jamieson & Talwalkar, AISTATS 2016): Hyperband's most aggressive bracket
+    only, repeated; rungs as `jobs.tune plan --scheduler sha`."""
+
+    type: Literal["sha"] = Field("sha", description="successive halving: brackets of eta^s trials, top 1/eta kept")
+    reduction_factor: float = Field(3, gt=1, description="eta")
+
+
 class MedianScheduler(_Cfg):
     """Median stopping rule (Golovin et al., KDD 2017, Google Vizier)."""
 
@@ -87,7 +95,8 @@ class Pb2Scheduler(_Cfg):
 
 
 Scheduler = Annotated[
-    RandomScheduler | AshaScheduler | HyperbandScheduler | MedianScheduler | PbtScheduler | Pb2Scheduler,
+    RandomScheduler | AshaScheduler | HyperbandScheduler | ShaScheduler | MedianScheduler | PbtScheduler
+    | Pb2Scheduler,
     Field(discriminator="type"),
 ]
 
@@ -173,6 +182,10 @@ class StudyConfig(_Cfg):
     search: SearchConfig = Field(default_factory=SearchConfig, description="search algorithm")
     metric: str = Field("val_accuracy", description="reported metric the study optimises")
     mode: Literal["min", "max"] = Field("max", description="minimise or maximise the metric")
+    scheduler_metric: str | None = Field(None, description="reported metric the scheduler ranks trials on when it "
+                                         "stops or exploits them, e.g. val_loss (None: `metric`)")
+    scheduler_mode: Literal["min", "max"] | None = Field(None, description="min or max for scheduler_metric "
+                                                         "(required with it)")
     num_samples: int = Field(6, ge=1, description="trials (per grid point for grid keys)")
     target: float | None = Field(None, description="stop the whole study once a trial reports the metric at or "
                                  "beyond this (max: >=, min: <=); None: spend the full budget")
@@ -197,6 +210,18 @@ class StudyConfig(_Cfg):
     def _checks(self) -> StudyConfig:
         if not NAME_RE.match(self.name):
             raise ValueError(f"name: {self.name!r} must match {NAME_RE.pattern} (used as a directory name)")
+        if (self.scheduler_metric is None) != (self.scheduler_mode is None):
+            raise ValueError("scheduler_mode: set scheduler_metric and scheduler_mode together (got "
+                             f"scheduler_metric={self.scheduler_metric!r}, scheduler_mode={self.scheduler_mode!r})")
+        if self.scheduler_metric is not None and self.scheduler.type == "random":
+            raise ValueError("scheduler_metric: the random scheduler ranks no trials; drop it or pick a scheduler")
+        if self.scheduler.type == "sha":
+            from app.tune.budget import PlanError, sha_plan
+
+            try:
+                sha_plan(self.max_t, self.scheduler.reduction_factor)
+            except PlanError as e:
+                raise ValueError(f"scheduler: successive halving cannot run: {e}") from None
         if self.scheduler.type in ("pbt", "pb2") and self.search.type in ("tpe", "gp", "grid"):
             raise ValueError(f"search: {self.search.type!r} cannot drive scheduler {self.scheduler.type!r} "
                              "(PBT changes configs mid-trial); use search.type: random")
@@ -206,7 +231,7 @@ class StudyConfig(_Cfg):
                                  f"{self.search.type!r} (stage 2's search is staged.search)")
             if self.scheduler.type in ("pbt", "pb2"):
                 raise ValueError(f"scheduler: {self.scheduler.type!r} cannot run a staged study (stage 2 is "
-                                 "Bayesian search); use random, asha, hyperband or median")
+                                 "Bayesian search); use random, asha, hyperband, sha or median")
             if len(self.name) > 64 - len(".stage1"):
                 raise ValueError(f"name: a staged study's name may have at most 57 characters (stages are "
                                  f"named <name>.stage1 / .stage2), got {len(self.name)}")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.tune.budget import PlanError, asha_rungs, hyperband_plan, s_max
+from app.tune.budget import PlanError, asha_rungs, hyperband_plan, s_max, sha_plan
 
 
 def _table(plan):
@@ -71,11 +71,26 @@ def test_asha_milestones():
         (lambda: asha_rungs(10, 20, 3), "grace_period"),
         (lambda: asha_rungs(10, 1, 1), "eta"),
         (lambda: asha_rungs(-1, 1, 3), "max_t"),
+        (lambda: sha_plan(0, 3), "max_t"),
+        (lambda: sha_plan(9, 1), "eta"),
     ],
 )
 def test_bad_plan_parameters(call, word):
     with pytest.raises(PlanError, match=f"^{word}:"):
         call()
+
+
+def test_sha_plan_is_hyperbands_most_aggressive_bracket_with_rays_rounding():
+    # R = 81, eta = 3: the paper's s = 4 bracket (81, 27, 9, 3, 1 at 1, 3, 9, 27, 81)
+    assert sha_plan(81, 3)["rungs"] == hyperband_plan(81, 3)["brackets"][0]["rungs"]
+    nine = sha_plan(9, 3)
+    assert nine["rungs"] == [{"n": 9, "r": 1}, {"n": 3, "r": 3}, {"n": 1, "r": 9}]
+    assert nine["trial_iterations_per_bracket"] == 9 * 1 + 3 * 2 + 1 * 6
+    # eta = 2, R = 6: log2 6 = 2.58 rounds to 3 in Ray (the paper floors to 2): 8 trials at int(6/8) = 0 would
+    # be an empty rung, so Ray's r0 formula gives 0 and the plan refuses it
+    with pytest.raises(PlanError, match="^max_t: 6 is too small"):
+        sha_plan(6, 2)
+    assert [g["n"] for g in sha_plan(16, 2)["rungs"]] == [16, 8, 4, 2, 1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -91,5 +106,7 @@ def test_cli_plan_json():
     out = run("--scheduler", "asha", "--max-t", "81", "--grace-period", "1", "--eta", "3")
     assert json.loads(out.stdout) == {"scheduler": "asha", "max_t": 81, "grace_period": 1, "eta": 3,
                                       "rungs": [{"r": 1}, {"r": 3}, {"r": 9}, {"r": 27}, {"r": 81}]}
+    out = run("--scheduler", "sha", "--max-t", "9")
+    assert json.loads(out.stdout)["rungs"] == [{"n": 9, "r": 1}, {"n": 3, "r": 3}, {"n": 1, "r": 9}]
     out = run("--scheduler", "asha", "--max-t", "10", "--grace-period", "20")
     assert out.returncode == 2 and out.stderr.startswith("tune plan: error: grace_period:")

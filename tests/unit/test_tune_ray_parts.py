@@ -134,6 +134,7 @@ def test_figures_are_written(tmp_path):
     ({"type": "random"}, {"type": "random"}), ({"type": "asha", "grace_period": 1}, {"type": "tpe"}),
     ({"type": "hyperband"}, {"type": "gp"}), ({"type": "median"}, {"type": "random"}),
     ({"type": "pbt", "mutable": ["learning_rate"]}, {"type": "random"}), ({"type": "pb2"}, {"type": "random"}),
+    ({"type": "sha"}, {"type": "tpe"}),
 ])
 def test_every_scheduler_and_search_builds(sched, search):
     from app.tune.study import parse_study
@@ -144,8 +145,61 @@ def test_every_scheduler_and_search_builds(sched, search):
     s = build_scheduler(cfg, space, ExploitLog())
     assert type(s).__name__.lower().replace("recording", "").startswith(
         {"random": "fifo", "asha": "asynchyperband", "hyperband": "hyperband", "median": "medianstopping",
-         "pbt": "populationbased", "pb2": "pb2"}[sched["type"]])
+         "pbt": "populationbased", "pb2": "pb2", "sha": "successivehalving"}[sched["type"]])
     assert build_search(cfg, [{"learning_rate": 1e-3}]) is not None
+
+
+class _SchedTrial:
+    """What Ray's HyperBand brackets read of a trial: its id, status and whether it is saving."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id, self.status, self.is_saving = trial_id, "PENDING", False
+
+    def __repr__(self) -> str:
+        return self.trial_id
+
+
+class _SchedController:
+    def __init__(self):
+        self.stopped = []
+
+    def stop_trial(self, trial) -> None:
+        trial.status = "TERMINATED"
+        self.stopped.append(trial.trial_id)
+
+
+def test_successive_halving_fills_one_aggressive_bracket_at_a_time_and_ranks_on_the_scheduler_metric():
+    from ray.tune.schedulers import TrialScheduler
+
+    from app.tune.budget import sha_plan
+    from app.tune.study import parse_study
+    from jobs.tune_ray import ExploitLog, build_scheduler
+
+    cfg, space = parse_study({"name": "b", "space": SPACE.to_dict(), "scheduler": {"type": "sha"}, "max_t": 9,
+                              "scheduler_metric": "val_loss", "scheduler_mode": "min"})
+    sched, ctl = build_scheduler(cfg, space, ExploitLog()), _SchedController()
+    trials = [_SchedTrial(f"t{i}") for i in range(12)]
+    for t in trials:
+        sched.on_trial_add(ctl, t)
+    brackets = [b for band in sched._hyperbands for b in band]
+    # 12 trials: a full bracket of 9 (the plan's first rung) and the next one begun with 3, both s = s_max
+    assert [len(b.current_trials()) for b in brackets] == [9, 3]
+    assert (brackets[0]._n, brackets[0]._cumul_r) == tuple(sha_plan(9, 3)["rungs"][0].values())
+    # val_loss falls with i while val_accuracy rises with it until t5, so the two metrics disagree on the best
+    acc = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.55, 0.55, 0.55]
+    actions = []
+    for i, t in enumerate(trials[:9]):
+        assert sched.choose_trial_to_run(ctl) is t  # the first bracket's pending trials before the second's
+        t.status = "RUNNING"
+        a = sched.on_trial_result(ctl, t, {"training_iteration": 1, "val_loss": 1.0 - 0.1 * i, "val_accuracy": acc[i]})
+        t.status = "PAUSED" if a == TrialScheduler.PAUSE else t.status
+        actions.append(a)
+    # the ninth result completes rung 1: the 3 lowest losses (t6, t7, t8) go on to 3 iterations, not the most
+    # accurate (t3, t4, t5); the rest stop
+    assert actions[:8] == [TrialScheduler.PAUSE] * 8 and actions[8] == TrialScheduler.CONTINUE
+    assert sorted(ctl.stopped) == [f"t{i}" for i in range(6)]
+    assert (brackets[0]._n, brackets[0]._cumul_r) == tuple(sha_plan(9, 3)["rungs"][1].values())
+    assert sched.choose_trial_to_run(ctl) in (trials[6], trials[7])  # survivors resume before t9 starts
 
 
 def test_pb2_refuses_a_conditional_key():

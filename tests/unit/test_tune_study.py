@@ -48,6 +48,10 @@ def test_shipped_staged_demo_config_validates():
     (_study(space={"learning_rate": {"type": "uniform", "low": 1, "high": 0}}), "learning_rate: low must be < high"),
     (_study(scheduler={"type": "pbt", "mutable": ["nope"]}), "scheduler.mutable: ['nope']"),
     (_study(space={"batch_size": {"type": "grid", "values": [8, 16]}}, search={"type": "gp"}), "cannot run grid keys"),
+    (_study(scheduler={"type": "sha"}, scheduler_metric="val_loss"), "scheduler_mode: set scheduler_metric and"),
+    (_study(scheduler_metric="val_loss", scheduler_mode="min"), "scheduler_metric: the random scheduler"),
+    (_study(scheduler={"type": "sha", "reduction_factor": 1}), "scheduler.sha.reduction_factor"),
+    (_study(scheduler={"type": "sha", "reduction_factor": 2}, max_t=6), "max_t: 6 is too small for eta 2"),
 ])
 def test_bad_studies_name_the_field(raw, needle):
     with pytest.raises(StudyError) as e:
