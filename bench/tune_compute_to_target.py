@@ -68,8 +68,14 @@ METHODS = {
     # of BOHB's own KDE model: the search learns from every rung result while bad trials still stop early
     "tpe_asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3},
                  {"type": "tpe", "n_startup_trials": 4, "max_concurrent": 2}),
+    # run r9: synchronous successive halving (jobs.tune_ray.SuccessiveHalving), brackets of 9 trials at 1
+    # iteration, 3 at 3, 1 at 9; ranked on val_accuracy (sha) or on val_loss (sha_loss), which orders trials
+    # earlier than accuracy does while most of them still sit at the majority rate
+    "sha": ({"type": "sha", "reduction_factor": 3}, {"type": "random"}),
+    "sha_loss": ({"type": "sha", "reduction_factor": 3}, {"type": "random"},
+                 {"scheduler_metric": "val_loss", "scheduler_mode": "min"}),
 }
-STOPPING = ("asha", "asha_grace3", "hyperband", "tpe_asha")  # methods whose scheduler stops trials before max_t
+STOPPING = ("asha", "asha_grace3", "hyperband", "tpe_asha", "sha", "sha_loss")  # stop trials before max_t
 
 
 def main() -> None:
@@ -118,7 +124,7 @@ def main() -> None:
     runs = []
     for seed in args.seeds:  # seeds outer: a run cut short still compares every method on the first seeds
         for method in args.methods:
-            sched, search = METHODS[method]
+            sched, search, *extra = METHODS[method]
             n = args.stopping_samples if args.stopping_samples and method in STOPPING else args.num_samples
             cfg, space = parse_study({
                 "name": f"bench-{method}-s{seed}-{args.tag}", "space": SPACES[args.space],
@@ -127,7 +133,8 @@ def main() -> None:
                 "budget": budget, "seed": seed, "store": args.store, "tracking": {"enabled": False},
                 "target": max(args.targets),
                 "task": dict(TASK, backbone=args.backbone),
-                "trainer": {"steps_per_iteration": args.steps_per_iteration, "reuse_actors": True}})
+                "trainer": {"steps_per_iteration": args.steps_per_iteration, "reuse_actors": True},
+                **(extra[0] if extra else {})})
             t0 = time.time()
             result = run_study(cfg, space)
             records = json.loads((study_dir(cfg) / "history.json").read_text())
@@ -177,7 +184,7 @@ def write(args, runs: list[dict]) -> dict:
            "budget": args.budget or args.num_samples * args.max_t, "max_t": args.max_t,
            "steps_per_iteration": args.steps_per_iteration,
            "task": "SST-2 2048 train / 200 val", "space_name": args.space, "space": SPACES[args.space],
-           "methods": {m: {"scheduler": a, "search": b} for m, (a, b) in METHODS.items()},
+           "methods": {m: {"scheduler": a, "search": b, **(c[0] if c else {})} for m, (a, b, *c) in METHODS.items()},
            "backbone": args.backbone, "machine": f"{platform.machine()}, 2 CPUs for Ray, shared with other jobs",
            "summary": summary, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
