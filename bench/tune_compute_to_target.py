@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -97,6 +98,9 @@ def main() -> None:
     p.add_argument("--store", default="/tmp/flywheel-bench-tune")
     p.add_argument("--out", default=str(OUT / "tune_compute_to_target.json"), help="result JSON")
     p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="study-name suffix (names are unique)")
+    p.add_argument("--keep-ray-dirs", action="store_true",
+                   help="keep each study's Ray directory (trial checkpoints, about 170 MB a study) after its "
+                   "history is read; by default it is deleted so long runs do not fill the disk")
     p.add_argument("--resummarise", action="store_true",
                    help="recompute the summary of the studies already in --out (same flags as the run) and exit")
     args = p.parse_args()
@@ -138,6 +142,8 @@ def main() -> None:
             t0 = time.time()
             result = run_study(cfg, space)
             records = json.loads((study_dir(cfg) / "history.json").read_text())
+            if not args.keep_ray_dirs:  # run r9 filled the disk: 120 studies left ~20 GB of checkpoints
+                shutil.rmtree(Path(cfg.store).resolve() / "ray" / cfg.name, ignore_errors=True)
             hits = {str(t): iterations_to_target(records, "val_accuracy", "max", t) for t in args.targets}
             # reports of trials in flight when the budget ran out arrive after it: beyond the budget is unreached
             hits = {t: h if h is not None and h <= budget else None for t, h in hits.items()}
