@@ -70,8 +70,8 @@ METHODS = {
     "tpe_asha": ({"type": "asha", "grace_period": 1, "reduction_factor": 3},
                  {"type": "tpe", "n_startup_trials": 4, "max_concurrent": 2}),
     # run r9: synchronous successive halving (jobs.tune_ray.SuccessiveHalving), brackets of 9 trials at 1
-    # iteration, 3 at 3, 1 at 9; ranked on val_accuracy (sha) or on val_loss (sha_loss), which orders trials
-    # earlier than accuracy does while most of them still sit at the majority rate
+    # iteration, 3 at 3, 1 at 9; ranked on val_accuracy (sha) or on val_loss (sha_loss: a replay of pilot curves
+    # said loss orders trials earlier than accuracy, which sits at the majority rate; r9 measured it worse)
     "sha": ({"type": "sha", "reduction_factor": 3}, {"type": "random"}),
     "sha_loss": ({"type": "sha", "reduction_factor": 3}, {"type": "random"},
                  {"scheduler_metric": "val_loss", "scheduler_mode": "min"}),
