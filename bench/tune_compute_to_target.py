@@ -112,7 +112,7 @@ def main() -> None:
 
     from app.tune.results import iterations_to_target
     from app.tune.study import parse_study
-    from jobs.tune_run import run_study, study_dir
+    from jobs.tune_run import ray_storage, run_study, study_dir
 
     for attempt in range(3):  # on a crowded machine the raylet can miss Ray's fixed 30 s start window
         try:
@@ -143,7 +143,7 @@ def main() -> None:
             result = run_study(cfg, space)
             records = json.loads((study_dir(cfg) / "history.json").read_text())
             if not args.keep_ray_dirs:  # run r9 filled the disk: 120 studies left ~20 GB of checkpoints
-                shutil.rmtree(Path(cfg.store).resolve() / "ray" / cfg.name, ignore_errors=True)
+                shutil.rmtree(ray_storage(cfg) / cfg.name, ignore_errors=True)
             hits = {str(t): iterations_to_target(records, "val_accuracy", "max", t) for t in args.targets}
             # reports of trials in flight when the budget ran out arrive after it: beyond the budget is unreached
             hits = {t: h if h is not None and h <= budget else None for t, h in hits.items()}

@@ -30,6 +30,11 @@ def study_dir(cfg: StudyConfig) -> Path:
     return Path(cfg.store).resolve() / "studies" / cfg.name
 
 
+def ray_storage(cfg: StudyConfig) -> Path:
+    """Ray Tune's storage_path of the store's studies; a study's Ray run directory is `ray_storage(cfg) / cfg.name`."""
+    return Path(cfg.store).resolve() / "ray"
+
+
 def claim_name(cfg: StudyConfig, resume: str | None) -> bool:
     """Create the study directory, or check that --resume may reuse it; True when resuming."""
     d = study_dir(cfg)
@@ -125,7 +130,7 @@ def run_study(cfg: StudyConfig, space: SearchSpace, resume: str | None = None,
         tune.with_parameters(tune_trial, study=cfg.model_dump(), space_raw=space.to_dict(),
                              rows=dataclasses.asdict(rows), start_model=start),
         {"cpu": cfg.trainer.cpus_per_trial})
-    storage = str(Path(cfg.store).resolve() / "ray")
+    storage = str(ray_storage(cfg))
     # a study interrupted before Ray wrote its state has nothing to restore: it starts over under its name
     if resuming and (Path(storage) / cfg.name / "tuner.pkl").exists():
         tuner = tune.Tuner.restore(str(Path(storage) / cfg.name), trainable, resume_unfinished=True,

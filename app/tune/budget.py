@@ -108,8 +108,7 @@ def asha_rungs(max_t: float, grace_period: float = 1, eta: float = 4) -> list[in
             raise PlanError(f"{name}: must be a number > 0, got {v!r}")
     if grace_period > max_t:
         raise PlanError(f"grace_period: must be <= max_t ({max_t}), got {grace_period!r}")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1:
-        raise PlanError(f"eta: must be a number > 1, got {eta!r}")
+    _check_eta(eta)
     max_rungs = int(np.log(max_t / grace_period) / np.log(eta) - 0 + 1)
     return [_number(grace_period * eta**k) for k in range(max_rungs)]
 
@@ -139,8 +138,7 @@ def sha_plan(max_t: int, eta: float = 3) -> dict[str, Any]:
          "trial_iterations_per_bracket": sum n_i (r_i - r_(i-1)) (survivors resume from their checkpoints)}.
     """
     _check_int("max_t", max_t, 1)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1:
-        raise PlanError(f"eta: must be a number > 1, got {eta!r}")
+    _check_eta(eta)
     s = int(np.round(np.log(max_t) / np.log(eta)))
     n, r = int(np.ceil(eta**s)), int(max_t * eta ** (-s))
     if r < 1:
@@ -151,6 +149,11 @@ def sha_plan(max_t: int, eta: float = 3) -> dict[str, Any]:
         rungs.append({"n": n, "r": r})
     total = sum(g["n"] * (g["r"] - (rungs[i - 1]["r"] if i else 0)) for i, g in enumerate(rungs))
     return {"scheduler": "sha", "max_t": max_t, "eta": eta, "rungs": rungs, "trial_iterations_per_bracket": total}
+
+
+def _check_eta(eta: Any) -> None:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 1:
+        raise PlanError(f"eta: must be a number > 1, got {eta!r}")
 
 
 def _check_int(name: str, value: Any, lowest: int) -> None:
