@@ -27,9 +27,10 @@ from pathlib import Path
 
 import ray
 
+from app.atomic_files import write_json_atomic
 from app.config import LoopConfig
 from app.controller.config import ControllerConfig
-from app.controller.control import ControlStore, measure_triggers, source_signature, write_json_atomic
+from app.controller.control import ControlStore, measure_triggers, source_signature
 from app.controller.runner import begin, in_flight, run_stages
 from app.controller.state import STAGES, StateStore
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import ray
 
+from app.atomic_files import write_json_atomic
 from app.labeling.oracle import OracleReviewer
 from app.labeling.rounds import round_drift
 from app.labeling.consensus import quality_scores, weighted_vote
@@ -37,9 +37,7 @@ class LabelerActor:
         since = self._marks[-1] if self._marks else 0
         new = self.store.labels(since_id=since)
         self._marks.append(new[-1]["id"] if new else since)
-        tmp = self._marks_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._marks))
-        os.replace(tmp, self._marks_path)
+        write_json_atomic(self._marks_path, self._marks, indent=None)
 
     def route_prelabels(self, items: list[dict], threshold: float, qc_fraction: float, seed: int,
                         model_name: str, overlap_fraction: float = 0.0, overlap_k: int = 2) -> dict:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from app.atomic_files import write_text_atomic
 from jobs.common import set_offline_env, store_root
 
 
@@ -80,14 +79,6 @@ def _measure_fn(cfg, start_model: str, xs: list[str], ys: list[str], per_worker_
     return measure
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="loop config (YAML) whose trainer section is tuned")
@@ -127,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else Path(a.config).with_suffix(".tuned.yaml")
     header = (f"# Tuned by jobs.autotune from {a.config} ({time.strftime('%Y-%m-%d %H:%M')}): best of {len(log)} trials,\n"
               f"# {best_tps:,.0f} tokens/s per worker. Run: .venv/bin/python -m jobs.loop --config {out}\n")
-    _write_atomic(out, header + yaml.safe_dump(raw, sort_keys=False))
-    _write_atomic(out.with_suffix(".trials.json"), json.dumps({"best": best.as_dict(), "global_batch": global_batch,
+    write_text_atomic(out, header + yaml.safe_dump(raw, sort_keys=False))
+    write_text_atomic(out.with_suffix(".trials.json"), json.dumps({"best": best.as_dict(), "global_batch": global_batch,
                                                                "world": world, "trials": log}, indent=1))
     print(f"best: micro_batch {best.micro_batch} × grad_accum {best.grad_accum} × {world} workers = {global_batch}, "
           f"loader_workers {best.loader_workers}: {best_tps:,.0f} tokens/s → {out}")

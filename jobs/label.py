@@ -19,10 +19,11 @@ import csv
 import io
 import json
 import math
-import os
 import sqlite3
 import sys
 from pathlib import Path
+
+from app.atomic_files import write_json_atomic
 
 METRICS = ("cohen_kappa", "fleiss_kappa", "krippendorff_alpha")
 LEVELS = ("nominal", "ordinal", "interval", "ratio")  # == app.labeling.agreement.LEVELS (a test checks)
@@ -135,10 +136,7 @@ def cmd_export_ls(args: argparse.Namespace) -> dict:
     with _open_store(args.db) as store:
         tasks = export_tasks(store, args.status or ["pending"], args.from_name, args.to_name, args.model_version)
         allowed = store.allowed_labels
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(tasks, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, args.out)  # readers never see half a file
+    write_json_atomic(args.out, tasks, indent=2, ensure_ascii=False)  # readers never see half a file
     out = {"exported": len(tasks), "out": args.out}
     if args.config_out:
         if allowed is None:

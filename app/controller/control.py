@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.atomic_files import write_json_atomic
 from app.controller.triggers import TriggerConfig, TriggerDecision, evaluate_triggers
 
 Mode = Literal["running", "stopping", "stopped", "failed"]
@@ -38,21 +38,6 @@ class ControlState(BaseModel):
     error: str | None = Field(None, description="Why the controller failed (mode 'failed')")
     trainer_overrides: dict[str, Any] = Field(default_factory=dict, description="Trainer settings changed by evaluation feedback, used by the next training")
     overrides_reason: str | None = Field(None, description="Why trainer_overrides were set (app.controller.feedback.adjust_training)")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so a crash leaves the old or the new file whole (temp + fsync + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ControlStore:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.atomic_files import write_text_atomic
 
 STAGES: tuple[str, ...] = ("ingest", "select", "label", "train", "tune", "merge", "evaluate", "decide", "deploy")
 OPTIONAL_STAGES: frozenset[str] = frozenset({"tune", "merge"})
@@ -248,26 +249,8 @@ class StateStore:
             raise StateCorruptError(f"state file {self.path} holds an inconsistent state: {e}") from None
 
     def save(self, state: IterationState) -> None:
-        """Write ``state`` so that a crash at any point leaves the old or the new file, whole.
-
-        The temp file lives in the same directory (``os.replace`` is atomic only within one
-        filesystem); the directory is fsynced after the rename so the rename survives power loss.
-        """
+        """Write ``state`` so that a crash at any point leaves the old or the new file, whole
+        (``app.atomic_files``: temp file, fsync, ``os.replace``, fsync of the directory)."""
         payload = state.model_dump(mode="json")
         text = json.dumps({"format": _FORMAT, "sha256": _digest(payload), "state": payload}, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_text_atomic(self.path, text)

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from app.atomic_files import file_sha256, write_text_atomic
 from app.pool import snapshot as snap
 from app.pool.columns import snapshot_schema
 from app.pool.config import PoolConfig, SourceSpec
 from app.pool.ingest import EmbedFn, build_new_rows
 from app.pool.labels import apply_labels, validate_labels
-from app.pool.readers import Record, check_sources, file_sha256, iter_records
+from app.pool.readers import Record, check_sources, iter_records
 from app.pool.report import IngestReport, build_report
 from app.pool.split import SPLITS
 
@@ -173,7 +174,7 @@ class DataPool:
             if res.quarantine:
                 qpath = f"quarantine/v{version:04d}.jsonl"
                 lines = (json.dumps(q, ensure_ascii=False, default=str) for q in res.quarantine)
-                snap.write_text_atomic(self.root / qpath, "\n".join(lines) + "\n")
+                write_text_atomic(self.root / qpath, "\n".join(lines) + "\n", snap.TMP_PREFIX)
             full = pa.concat_tables([parent, res.new])
             filters = [{"name": "quarantine", "rows_removed": len(res.quarantine)}]
             filters += [{"name": k, "rows_removed": v} for k, v in res.removed.items()]

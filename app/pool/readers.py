@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -37,15 +36,6 @@ def _open_binary(path: str):
 def _open_text(path: str):
     # TSV/CSV rows may span lines (quoted newlines), so bad bytes are replaced rather than quarantined
     return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace", newline="")
-
-
-def file_sha256(path: str) -> str:
-    """sha256 hex of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jsonl(path: str) -> Iterator[Record]:

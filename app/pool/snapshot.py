@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from app.pool.readers import file_sha256
+from app.atomic_files import file_sha256, fsync_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +69,9 @@ def latest_version(root: str | Path) -> int:
     return v[-1] if v else 0
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 @contextmanager
@@ -180,10 +159,10 @@ def write_snapshot(root: str | Path, version: int, table: pa.Table, **fields: An
     tmp.mkdir()
     pq.write_table(table, tmp / DATA, compression="zstd")
     _fsync_file(tmp / DATA)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     digest = file_sha256(tmp / DATA)
     os.rename(tmp, final)
-    _fsync_dir(sd)
+    fsync_dir(sd)
     manifest = {
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -191,7 +170,7 @@ def write_snapshot(root: str | Path, version: int, table: pa.Table, **fields: An
         "counts": _counts(table),
         "content_hash": digest,
     }
-    write_text_atomic(final / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(final / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n", TMP_PREFIX)
     log.info("wrote snapshot v%04d: %d rows", version, table.num_rows)
     return manifest
 

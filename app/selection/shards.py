@@ -15,12 +15,13 @@ shards listed in ``index.json`` count (a retried task's orphan never does). Read
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from app.atomic_files import atomic_open, write_json_atomic
 
 INDEX = "index.json"
 
@@ -30,10 +31,9 @@ class ShardError(ValueError):
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
+    # a recomputable cache written once per Ray Data block: atomic, without an fsync per file
+    with atomic_open(path, "wb", durable=False) as f:
         np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def write_shard(out_dir: str | Path, rows: np.ndarray, emb: np.ndarray, ids: np.ndarray | None = None) -> dict:
@@ -91,9 +91,7 @@ def write_index(out_dir: str | Path, records: list[dict]) -> Path:
     has_ids = all((out / f"{r['name']}.ids.npy").exists() for r in records)
     index = {"n": sum(int(r["rows"]) for r in records), "dim": int(first.shape[1]), "dtype": "float32",
              "has_ids": has_ids, "shards": [{"name": str(r["name"]), "rows": int(r["rows"])} for r in records]}
-    tmp = out / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / INDEX)
+    write_json_atomic(out / INDEX, index)
     return out / INDEX
 
 

@@ -10,7 +10,6 @@ A crash then leaves either no checkpoint or a complete one; a later disk fault s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,37 +18,13 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from app.atomic_files import file_sha256, fsync_dir, write_json_atomic
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 _STEP = re.compile(r"(\d+)$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def write_manifest(ckpt_dir: str | os.PathLike, required: list[str]) -> dict:
@@ -70,9 +45,9 @@ def write_manifest(ckpt_dir: str | os.PathLike, required: list[str]) -> dict:
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
         if p.is_file() and rel != MANIFEST and not p.name.startswith(f".{MANIFEST}"):
-            files[rel] = {"sha256": _sha256(p), "size": p.stat().st_size}
+            files[rel] = {"sha256": file_sha256(p), "size": p.stat().st_size}
     manifest = {"files": files, "required": sorted(required)}
-    _write_json_atomic(root / MANIFEST, manifest)
+    write_json_atomic(root / MANIFEST, manifest, sort_keys=True)
     return manifest
 
 
@@ -104,7 +79,7 @@ def verify(ckpt_dir: str | os.PathLike) -> tuple[bool, str]:
         if size != meta["size"]:
             kind = "truncated" if size < meta["size"] else "size changed"
             return False, f"{p}: {kind} ({size} bytes, manifest says {meta['size']})"
-        if _sha256(p) != meta["sha256"]:
+        if file_sha256(p) != meta["sha256"]:
             return False, f"{p}: sha256 mismatch (content changed since the manifest was written)"
     return True, ""
 
@@ -128,16 +103,16 @@ def commit(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         elif p.is_dir():
-            _fsync_dir(p)
-    _fsync_dir(tmp)
+            fsync_dir(p)
+    fsync_dir(tmp)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
 def write_metrics(ckpt_dir: str | os.PathLike, metrics: dict[str, float]) -> None:
     """Store the checkpoint's metrics (read by :func:`retain`) in ``metrics.json``, atomically."""
-    _write_json_atomic(Path(ckpt_dir) / METRICS, dict(metrics))
+    write_json_atomic(Path(ckpt_dir) / METRICS, dict(metrics), sort_keys=True)
 
 
 def list_checkpoints(ckpt_root: str | os.PathLike) -> list[Path]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from app.controller.control import write_json_atomic
+from app.atomic_files import write_json_atomic
 from jobs.stages.context import StageContext
 
 

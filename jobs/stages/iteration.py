@@ -15,7 +15,8 @@ from pathlib import Path
 
 import ray
 
-from app.controller.control import ControlStore, source_signature, write_json_atomic
+from app.atomic_files import write_json_atomic
+from app.controller.control import ControlStore, source_signature
 from app.controller.state import IterationState
 from jobs.stages import data, deploy, evaluate, label, select, train
 from jobs.stages.context import StageContext
