@@ -15,7 +15,6 @@ No `from __future__ import annotations` here: FastAPI would then read `request: 
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import random
 import time
@@ -24,11 +23,10 @@ from collections import Counter
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from ray import serve
 
 from app.serving.feedback import AnswerLog, FeedbackError, text_key
-from app.serving.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse
+from app.serving.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse, parse_body
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="Flywheel ensemble", description="Ensemble of Flywheel members (weighted, moe or cascade) "
@@ -102,12 +100,11 @@ class EnsembleIngress:
         this_module._AUTH["sha256"] = s.get("auth_sha256", "")
         key = (s.get("max_text_chars"), s.get("max_batch"))
         if getattr(self, "_limits", None) != key:
-            from app.serving.schemas import make_request_model
+            from app.serving.schemas import DEFAULT_MAX_BATCH, DEFAULT_MAX_CHARS, make_request_model, max_body_bytes
 
             self._limits = key
             self.request_model = make_request_model(*key) if all(key) else PredictRequest
-            chars, batch = key if all(key) else (4000, 64)
-            self.max_body = chars * batch * 4 + 4096  # bound the raw body before parsing
+            self.max_body = max_body_bytes(*(key if all(key) else (DEFAULT_MAX_CHARS, DEFAULT_MAX_BATCH)))
 
     async def _sync_loop(self):
         while True:
@@ -171,21 +168,11 @@ class EnsembleIngress:
         "required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(self, request: Request):
         from app.serving.canary import route_to_challenger
-        from app.serving.schemas import http_error
 
         t0 = time.perf_counter()
-        raw = await request.body()
-        if len(raw) > self.max_body:
-            return JSONResponse({"detail": f"body of {len(raw)} bytes exceeds {self.max_body}"}, status_code=413)
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return JSONResponse({"detail": f"invalid JSON: {e}"}, status_code=400)
-        try:
-            req = self.request_model.model_validate(body)
-        except ValidationError as e:
-            status, payload = http_error(e)
-            return JSONResponse(payload, status_code=status)
+        req, err = parse_body(await request.body(), self.max_body, self.request_model)
+        if err:
+            return JSONResponse(err[1], status_code=err[0])
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex  # set by Serve's proxy when not by the client
         r = self.routing
         if r["champion"] is None:
@@ -225,18 +212,9 @@ class EnsembleIngress:
         "required": True, "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
     async def feedback(self, request: Request):
         """True label of an answered item: {"request_id" (+ "index") or "text", "label"}."""
-        from app.serving.schemas import http_error
-
-        raw = await request.body()
-        if len(raw) > self.max_body:
-            return JSONResponse({"detail": f"body of {len(raw)} bytes exceeds {self.max_body}"}, status_code=413)
-        try:
-            req = FeedbackRequest.model_validate(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return JSONResponse({"detail": f"invalid JSON: {e}"}, status_code=400)
-        except ValidationError as e:
-            status, payload = http_error(e)
-            return JSONResponse(payload, status_code=status)
+        req, err = parse_body(await request.body(), self.max_body, FeedbackRequest)
+        if err:
+            return JSONResponse(err[1], status_code=err[0])
         champ = self.routing["champion"]
         labels = champ["plan"]["labels"] if champ else []
         if req.label not in labels:

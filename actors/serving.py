@@ -4,12 +4,8 @@ Request validation comes from app.serving.schemas: a bad body is a 4xx with a me
 size limits, 400 for unparsable JSON, 422 for the rest), never a 5xx.
 """
 
-
-import json
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from ray import serve
 
 api = FastAPI(title="Flywheel", description="Predictions from the champion model")
@@ -20,13 +16,12 @@ api = FastAPI(title="Flywheel", description="Predictions from the champion model
 class ModelServer:
     def __init__(self, model_dir: str, model_version: str, max_chars: int, max_batch: int):
         from app.models.predictor import Predictor
-        from app.serving.schemas import make_request_model
+        from app.serving.schemas import make_request_model, max_body_bytes
 
         self.predictor = Predictor(model_dir)
         self.version = model_version
         self.request_model = make_request_model(max_chars, max_batch)
-        # bound the raw body before parsing: the biggest valid batch plus JSON overhead
-        self.max_body = max_chars * max_batch * 4 + 4096
+        self.max_body = max_body_bytes(max_chars, max_batch)
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -34,20 +29,11 @@ class ModelServer:
 
     @api.post("/predict")
     async def predict(self, request: Request):
-        from app.serving.schemas import http_error
+        from app.serving.schemas import parse_body
 
-        raw = await request.body()
-        if len(raw) > self.max_body:
-            return JSONResponse({"detail": f"body of {len(raw)} bytes exceeds {self.max_body}"}, status_code=413)
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return JSONResponse({"detail": f"invalid JSON: {e}"}, status_code=400)
-        try:
-            req = self.request_model.model_validate(body)
-        except ValidationError as e:
-            status, payload = http_error(e)
-            return JSONResponse(payload, status_code=status)
+        req, err = parse_body(await request.body(), self.max_body, self.request_model)
+        if err:
+            return JSONResponse(err[1], status_code=err[0])
         preds = self.predictor.predict(req.inputs)
         return {"predictions": [{**p, "stage": "champion", "model_version": self.version} for p in preds]}
 

@@ -12,6 +12,7 @@ max_batch)`. Every error's `loc` names the field ("text" or "texts"; the message
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -160,3 +161,28 @@ def http_error(exc: ValidationError) -> tuple[int, dict[str, Any]]:
     detail = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "type": e["type"], "message": e["msg"]}
               for e in errors]
     return status, {"detail": detail}
+
+
+def max_body_bytes(max_chars: int, max_batch: int) -> int:
+    """Largest raw request body worth parsing: the biggest valid batch at 4 bytes a character (UTF-8's worst
+    case) plus 4 KiB of JSON around it. Bounding the body first keeps a huge request from being parsed."""
+    return max_chars * max_batch * 4 + 4096
+
+
+def parse_body(raw: bytes, max_body: int, model: type[BaseModel]) -> tuple[BaseModel | None, tuple[int, Any] | None]:
+    """Size-check, decode and validate one request body.
+
+    Returns:
+        ``(request, None)``, or ``(None, (status, JSON body))``: 413 for a body over ``max_body`` bytes, 400 for
+        bytes that are not JSON, and ``http_error``'s 413 / 422 for a body the model rejects.
+    """
+    if len(raw) > max_body:
+        return None, (413, {"detail": f"body of {len(raw)} bytes exceeds {max_body}"})
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, (400, {"detail": f"invalid JSON: {e}"})
+    try:
+        return model.model_validate(body), None
+    except ValidationError as e:
+        return None, http_error(e)

@@ -59,3 +59,20 @@ def test_prediction_models():
     assert PredictResponse(predictions=[p]).model_dump()["predictions"][0]["stage"] == "stage:0"
     with pytest.raises(ValidationError, match="confidence"):
         Prediction(label="positive", confidence=1.2, stage="weighted", model_version="v3")
+
+
+def test_parse_body_statuses_and_size_bound():
+    from app.serving.schemas import FeedbackRequest, make_request_model, max_body_bytes, parse_body
+
+    model = make_request_model(max_chars=10, max_batch=2)
+    cap = max_body_bytes(10, 2)
+    assert cap == 10 * 2 * 4 + 4096
+    req, err = parse_body(b'{"texts": ["good", "bad"]}', cap, model)
+    assert err is None and req.texts == ["good", "bad"]
+    assert parse_body(b"x" * (cap + 1), cap, model) == (None, (413, {"detail": f"body of {cap + 1} bytes exceeds {cap}"}))
+    _, (status, body) = parse_body(b'{"text": "unterminated', cap, model)
+    assert status == 400 and body["detail"].startswith("invalid JSON")
+    _, (status, body) = parse_body(b'{"text": "' + b"y" * 11 + b'"}', cap, model)  # over max_chars: a size error
+    assert status == 413 and body["detail"][0]["field"] == "text"
+    _, (status, body) = parse_body(b'{"label": "positive"}', cap, FeedbackRequest)  # names neither item nor text
+    assert status == 422
