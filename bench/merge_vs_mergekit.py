@@ -37,6 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.atomic_files import write_json_atomic  # noqa: E402
+
 # method -> (YAML template over models base/ft0/ft1, whether the tensors must match exactly)
 METHODS: dict[str, tuple[dict, bool]] = {
     "linear": ({"merge_method": "linear", "models": [{"model": "ft0", "parameters": {"weight": 0.6}},
@@ -291,9 +293,7 @@ def main() -> None:
 
     def save() -> None:
         result["load_average_now"] = os.getloadavg()
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)  # a run cut mid-write keeps the previous rows
+        write_json_atomic(out, result, indent=2)  # a run cut mid-write keeps the previous rows
 
     # the ~1B suite first: it carries the time target, and a run cut short keeps its rows
     big = [m for m in args.big_methods.split(",") if m]

@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from app.atomic_files import write_json_atomic  # noqa: E402
+
 OUT = ROOT / "bench" / "results"
 
 
@@ -335,8 +338,7 @@ def main() -> None:
                load_avg_at_end=os.getloadavg(), wall_s_total=time.time() - t0)
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / f"trainer_{args.what}{'_' + args.tag if args.tag else ''}.json"
-    out.with_suffix(".tmp").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".tmp").replace(out)  # atomic: a killed run leaves the previous result
+    write_json_atomic(out, res)  # a killed run leaves the previous result
     print(json.dumps(res))
 
 

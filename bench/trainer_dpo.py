@@ -32,6 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from app.atomic_files import write_json_atomic  # noqa: E402
+
 OUT = ROOT / "bench" / "results"
 MARK = "\n\nAssistant:"
 
@@ -184,10 +187,7 @@ def main() -> None:
            "args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
            "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "load_avg_at_end": os.getloadavg(), "wall_s_total": time.time() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(args.out)  # atomic: a killed run leaves the previous result
+    write_json_atomic(args.out, res)  # a killed run leaves the previous result
     print(json.dumps({k: v for k, v in res.items() if k != "history"}))
 
 

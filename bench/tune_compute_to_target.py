@@ -39,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from app.atomic_files import write_json_atomic  # noqa: E402
+
 OUT = ROOT / "bench" / "results"
 
 SPACES = {
@@ -193,10 +196,7 @@ def write(args, runs: list[dict]) -> dict:
            "methods": {m: {"scheduler": a, "search": b, **(c[0] if c else {})} for m, (a, b, *c) in METHODS.items()},
            "backbone": args.backbone, "machine": f"{platform.machine()}, 2 CPUs for Ray, shared with other jobs",
            "summary": summary, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, out)
     return summary
 
 
