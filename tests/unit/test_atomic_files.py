@@ -40,3 +40,12 @@ def test_prefix_binary_and_sha(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(p, "a"):
             pass
+
+
+def test_new_file_gets_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "m.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644  # mkstemp would have made it 0600
