@@ -103,8 +103,9 @@ class EnsembleIngress:
             from app.serving.schemas import DEFAULT_MAX_BATCH, DEFAULT_MAX_CHARS, make_request_model, max_body_bytes
 
             self._limits = key
-            self.request_model = make_request_model(*key) if all(key) else PredictRequest
-            self.max_body = max_body_bytes(*(key if all(key) else (DEFAULT_MAX_CHARS, DEFAULT_MAX_BATCH)))
+            chars, batch = key if all(key) else (DEFAULT_MAX_CHARS, DEFAULT_MAX_BATCH)
+            self.request_model = make_request_model(chars, batch)
+            self.max_body = max_body_bytes(chars, batch)
 
     async def _sync_loop(self):
         while True:

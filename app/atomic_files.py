@@ -30,6 +30,12 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """fsync a file written (and closed) elsewhere, e.g. by pyarrow or torch.save."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 hex of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from app.atomic_files import file_sha256, fsync_dir, write_text_atomic
+from app.atomic_files import file_sha256, fsync_dir, fsync_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ def latest_version(root: str | Path) -> int:
     """Newest complete version, 0 when the pool is empty."""
     v = list_versions(root)
     return v[-1] if v else 0
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 @contextmanager
@@ -158,7 +153,7 @@ def write_snapshot(root: str | Path, version: int, table: pa.Table, **fields: An
     tmp = sd / f"{TMP_PREFIX}v{version:04d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     pq.write_table(table, tmp / DATA, compression="zstd")
-    _fsync_file(tmp / DATA)
+    fsync_file(tmp / DATA)
     fsync_dir(tmp)
     digest = file_sha256(tmp / DATA)
     os.rename(tmp, final)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from app.atomic_files import file_sha256, fsync_dir, write_json_atomic
+from app.atomic_files import file_sha256, fsync_dir, fsync_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,7 @@ def commit(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
         raise FileExistsError(f"commit: {final} already exists; refusing to overwrite a checkpoint")
     for p in tmp.rglob("*"):
         if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(p)
         elif p.is_dir():
             fsync_dir(p)
     fsync_dir(tmp)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from app.atomic_files import atomic_open, file_sha256, write_json_atomic, write_text_atomic
+from app.atomic_files import atomic_open, file_sha256, fsync_file, write_json_atomic, write_text_atomic
 
 
 def test_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -37,6 +37,8 @@ def test_prefix_binary_and_sha(tmp_path):
     assert len(seen) == 1 and seen[0].startswith(".tmp-a.npy.") and seen[0].endswith(".tmp")
     assert np.load(p).tolist() == [0, 1, 2]
     assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+    fsync_file(p)  # a file closed elsewhere; leaves it as it is
+    assert np.load(p).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(p, "a"):
             pass
