@@ -71,6 +71,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-t", type=_number, required=True, help="R: most iterations of one trial")
     p.add_argument("--eta", type=_number, default=None, help="reduction factor (default 3 hyperband and sha, 4 asha)")
     p.add_argument("--grace-period", type=_number, default=None, help="asha only: first rung (default 1)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="asha only: trials started, for the rung counts and total (default eta^(rungs-1))")
     p.add_argument("--counting", choices=["full", "incremental"], default=None,
                    help="hyperband only: count n_i*r_i (full, default) or n_i*(r_i - r_(i-1)) (incremental)")
 
@@ -78,19 +80,19 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     """Print the budget plan (brackets / rungs) of a Hyperband, ASHA or successive-halving scheduler as JSON."""
     if args.scheduler == "hyperband":
-        if args.grace_period is not None:
-            raise UsageError("--grace-period applies to --scheduler asha only")
+        if args.grace_period is not None or args.num_samples is not None:
+            raise UsageError("--grace-period and --num-samples apply to --scheduler asha only")
         eta = 3 if args.eta is None else args.eta
         plan = hyperband_plan(args.max_t, eta, args.counting or "full")
     elif args.scheduler == "sha":
-        if args.grace_period is not None or args.counting is not None:
-            raise UsageError("--grace-period and --counting do not apply to --scheduler sha")
+        if args.grace_period is not None or args.counting is not None or args.num_samples is not None:
+            raise UsageError("--grace-period, --counting and --num-samples do not apply to --scheduler sha")
         plan = sha_plan(args.max_t, 3 if args.eta is None else args.eta)
     else:
         if args.counting is not None:
             raise UsageError("--counting applies to --scheduler hyperband only")
         eta = 4 if args.eta is None else args.eta
-        plan = asha_plan(args.max_t, 1 if args.grace_period is None else args.grace_period, eta)
+        plan = asha_plan(args.max_t, 1 if args.grace_period is None else args.grace_period, eta, args.num_samples)
     print(json.dumps(plan))
 
 

@@ -113,15 +113,34 @@ def asha_rungs(max_t: float, grace_period: float = 1, eta: float = 4) -> list[in
     return [_number(grace_period * eta**k) for k in range(max_rungs)]
 
 
-def asha_plan(max_t: float, grace_period: float = 1, eta: float = 4) -> dict[str, Any]:
-    """The JSON plan printed by `jobs.tune plan --scheduler asha` (see `asha_rungs`)."""
+def asha_plan(max_t: float, grace_period: float = 1, eta: float = 4, num_samples: int | None = None) -> dict[str, Any]:
+    """The JSON plan printed by `jobs.tune plan --scheduler asha` (milestones: `asha_rungs`).
+
+    ASHA (Li et al., MLSys 2020) keeps the top 1 / eta at each milestone, so of N trials about n_k = floor(N eta^-k)
+    reach milestone r_k (Hyperband's rung count, exact rational arithmetic), and floor(N eta^-K) pass the last of
+    the K milestones and run on to R when that milestone is below R. Total trial-iterations: sum n_k (r_k - r_(k-1)).
+    A lower bound on a real study: ASHA promotes a trial whenever its rung is too sparse to compare, so early
+    trials can run further than the count says.
+
+    Args:
+        num_samples: N, the trials started; default eta^(K-1) rounded up (one trial reaches the last milestone).
+    """
     rungs = asha_rungs(max_t, grace_period, eta)
+    e = Fraction(eta)
+    if num_samples is None:
+        num_samples = _ceil(e ** (len(rungs) - 1))
+    _check_int("num_samples", num_samples, 1)
+    levels = [Fraction(r) for r in rungs] + ([Fraction(max_t)] if rungs[-1] < max_t else [])
+    counts = [int(num_samples / e**k) for k in range(len(levels))]  # int() floors a positive Fraction
+    total = sum(n * (r - (levels[k - 1] if k else 0)) for k, (n, r) in enumerate(zip(counts, levels)))
     return {
         "scheduler": "asha",
         "max_t": max_t,
         "grace_period": grace_period,
         "eta": eta,
-        "rungs": [{"r": r} for r in rungs],
+        "num_samples": num_samples,
+        "rungs": [{"n": n, "r": r} for n, r in zip(counts, rungs)],
+        "total_trial_iterations": _number(total),
     }
 
 

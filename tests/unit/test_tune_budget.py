@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.tune.budget import PlanError, asha_rungs, hyperband_plan, s_max, sha_plan
+from app.tune.budget import PlanError, asha_plan, asha_rungs, hyperband_plan, s_max, sha_plan
 
 
 def _table(plan):
@@ -49,6 +49,19 @@ def test_s_max_is_exact_where_floating_log_is_not():
     assert math.floor(math.log(243) / math.log(3)) == 4  # the floating-point trap
     assert s_max(243, 3) == 5 and s_max(242, 3) == 4 and s_max(1000, 10) == 3 and s_max(1, 3) == 0
     assert hyperband_plan(243, 3)["brackets"][0]["rungs"][0] == {"n": 243, "r": 1}  # n = ceil(6*243/6)
+
+
+def test_asha_plan_counts_trials_and_iterations_per_rung():
+    # R = 243 is a power of eta but Ray leaves its rung out (see asha_rungs): the trial kept at 81 runs on to 243
+    plan = asha_plan(243, 1, 3, num_samples=243)
+    assert [(g["n"], g["r"]) for g in plan["rungs"]] == [(243, 1), (81, 3), (27, 9), (9, 27), (3, 81)]
+    assert plan["total_trial_iterations"] == 243 * 1 + 81 * 2 + 27 * 6 + 9 * 18 + 3 * 54 + 1 * 162
+    assert asha_plan(9, 1, 3)["num_samples"] == 9 and asha_plan(9, 1, 3)["total_trial_iterations"] == 9 + 3 * 2 + 6
+    half = asha_plan(10, 1, 2.5, num_samples=7)  # non-integral eta: floors of exact fractions, r as numbers
+    assert [(g["n"], g["r"]) for g in half["rungs"]] == [(7, 1), (2, 2.5), (1, 6.25)]
+    assert half["total_trial_iterations"] == 7 + 2 * 1.5 + 1 * 3.75
+    with pytest.raises(PlanError, match="num_samples"):
+        asha_plan(9, 1, 3, num_samples=0)
 
 
 def test_asha_milestones():
@@ -104,8 +117,14 @@ def test_cli_plan_json():
     assert plan["brackets"][1] == {"s": 3, "rungs": [{"n": 34, "r": 3}, {"n": 11, "r": 9}, {"n": 3, "r": 27},
                                                     {"n": 1, "r": 81}]}
     out = run("--scheduler", "asha", "--max-t", "81", "--grace-period", "1", "--eta", "3")
-    assert json.loads(out.stdout) == {"scheduler": "asha", "max_t": 81, "grace_period": 1, "eta": 3,
-                                      "rungs": [{"r": 1}, {"r": 3}, {"r": 9}, {"r": 27}, {"r": 81}]}
+    assert json.loads(out.stdout) == {"scheduler": "asha", "max_t": 81, "grace_period": 1, "eta": 3, "num_samples": 81,
+                                      "rungs": [{"n": 81, "r": 1}, {"n": 27, "r": 3}, {"n": 9, "r": 9},
+                                                {"n": 3, "r": 27}, {"n": 1, "r": 81}],
+                                      "total_trial_iterations": 297}  # 81*1 + 27*2 + 9*6 + 3*18 + 1*54
+    out = run("--scheduler", "asha", "--max-t", "9", "--eta", "3", "--num-samples", "72")
+    assert json.loads(out.stdout)["total_trial_iterations"] == 72 + 24 * 2 + 8 * 6
+    out = run("--scheduler", "sha", "--max-t", "9", "--num-samples", "3")
+    assert out.returncode == 2 and "--num-samples" in out.stderr
     out = run("--scheduler", "sha", "--max-t", "9")
     assert json.loads(out.stdout)["rungs"] == [{"n": 9, "r": 1}, {"n": 3, "r": 3}, {"n": 1, "r": 9}]
     out = run("--scheduler", "asha", "--max-t", "10", "--grace-period", "20")
